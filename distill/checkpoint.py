@@ -1,0 +1,286 @@
+"""Checkpoints, manifests and atomic writes; `load(path)` gives a policy any later step can use.
+
+A checkpoint is a folder:
+    manifest.json     what made it: kind, env id, network, config, steps, score, versions, and the
+                      sha256 of every file beside it
+    params.npz        the network's parameters (a flattened pytree)
+    train_state.npz   (while training) everything needed to resume: parameters, optimiser,
+                      replay, env state, random key, counters
+Every file is written to a temporary name and renamed into place, and the manifest goes last, so
+a crash leaves either the previous checkpoint or the new one, never a torn one. Reading checks the
+checksum, the pytree structure, and (when asked) the env id and network; a mismatch is refused
+with a message that names the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill import envs, networks
+
+MANIFEST = "manifest.json"
+PARAMS = "params.npz"
+TRAIN_STATE = "train_state.npz"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A missing, damaged or mismatched file; the message names it."""
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    out = {"python": platform.python_version()}
+    for pkg in ("distill", "jax", "jaxlib", "flax", "optax", "gymnax", "ale-py", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------------------- pytrees on disk
+
+
+def pytree_to_bytes(tree: Any) -> bytes:
+    """Leaves of a pytree as an .npz archive (key arrays are stored as their raw key data)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    arrays = {}
+    for i, leaf in enumerate(leaves):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        arrays[f"leaf_{i:05d}"] = np.asarray(leaf)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def pytree_from_bytes(data: bytes, template: Any, name: str) -> Any:
+    """Rebuild a pytree shaped like `template`; any mismatch is refused, naming `name`."""
+    try:
+        archive = np.load(io.BytesIO(data))
+        arrays = [archive[k] for k in sorted(archive.files)]
+    except Exception as e:  # zipfile, ValueError, OSError: all mean a damaged file
+        raise CheckpointError(f"{name}: cannot be read as a checkpoint archive ({e})") from e
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    if len(arrays) != len(leaves):
+        raise CheckpointError(
+            f"{name}: holds {len(arrays)} arrays but this network/state has {len(leaves)}"
+        )
+    out = []
+    for i, (arr, ref) in enumerate(zip(arrays, leaves, strict=True)):
+        ref_shape = tuple(ref.shape)
+        ref_dtype = ref.dtype if hasattr(ref, "dtype") else np.asarray(ref).dtype
+        if arr.shape != ref_shape:
+            raise CheckpointError(
+                f"{name}: array {i} has shape {arr.shape}, expected {ref_shape} "
+                "(another network, env or config?)"
+            )
+        out.append(jnp.asarray(arr, dtype=ref_dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ---------------------------------------------------------------------------- manifests
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        if not folder.exists():
+            raise CheckpointError(f"{folder}: no such checkpoint folder")
+        raise CheckpointError(f"{path}: missing (not a finished checkpoint folder?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: damaged manifest ({e})") from e
+    if not isinstance(manifest, dict) or "files" not in manifest:
+        raise CheckpointError(f"{path}: not a distill manifest")
+    return manifest
+
+
+def read_verified(folder: str | Path, filename: str, manifest: dict | None = None) -> bytes:
+    """The bytes of `folder/filename`, after checking them against the manifest's sha256."""
+    folder = Path(folder)
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    path = folder / filename
+    expected = manifest["files"].get(filename)
+    if expected is None:
+        raise CheckpointError(f"{path}: not listed in {folder / MANIFEST}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    data = path.read_bytes()
+    if sha256_bytes(data) != expected:
+        raise CheckpointError(
+            f"{path}: checksum mismatch with {MANIFEST} (truncated, corrupted or replaced)"
+        )
+    return data
+
+
+def write_checkpoint(folder: str | Path, files: dict[str, bytes], manifest: dict) -> None:
+    """Write files, then a manifest listing their checksums (the manifest is the commit point).
+
+    Files already listed in an existing manifest and not rewritten keep their entries.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = {}
+    if (folder / MANIFEST).is_file():
+        try:
+            listed = dict(read_manifest(folder).get("files", {}))
+        except CheckpointError:
+            listed = {}
+    for name, data in files.items():
+        atomic_write_bytes(folder / name, data)
+        listed[name] = sha256_bytes(data)
+    listed = {n: h for n, h in listed.items() if (folder / n).is_file()}
+    manifest = {
+        **manifest,
+        "format_version": FORMAT_VERSION,
+        "files": listed,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions(),
+    }
+    atomic_write_json(folder / MANIFEST, manifest)
+
+
+# ---------------------------------------------------------------------------- policies
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A loaded teacher or student. `q_values(obs)` maps env-format observations to Q-values.
+
+    `apply(params, obs)` is the same function with parameters as an argument, for jitted code
+    that should not bake large arrays in as constants.
+    """
+
+    env_id: str
+    net: str
+    num_actions: int
+    params: Any
+    manifest: dict
+    path: str
+    apply: Callable = dataclasses.field(repr=False)
+
+    @property
+    def spec(self) -> envs.EnvSpec:
+        return envs.spec(self.env_id)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.get("kind", "?")
+
+    def q_values(self, obs: jax.Array) -> jax.Array:
+        """`[batch, *obs_shape]` env-format observations -> `[batch, actions]` Q-values."""
+        return self.apply(self.params, obs)
+
+
+def policy_manifest(
+    kind: str, env_id: str, net: str, num_actions: int, config: dict, **extra
+) -> dict:
+    return {
+        "kind": kind,
+        "env_id": env_id,
+        "net": net,
+        "num_actions": num_actions,
+        "config": config,
+        **extra,
+    }
+
+
+def save_policy(folder: str | Path, params: Any, manifest: dict, extra_files=None) -> None:
+    """Write params.npz (+ any extra files) and the manifest."""
+    files = {PARAMS: pytree_to_bytes(params), **(extra_files or {})}
+    write_checkpoint(folder, files, manifest)
+
+
+def load(path: str | Path, *, env_id: str | None = None, net: str | None = None) -> Policy:
+    """Load a teacher or student checkpoint folder, refusing damaged or mismatched files."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    for key in ("env_id", "net", "num_actions"):
+        if key not in manifest:
+            raise CheckpointError(f"{folder / MANIFEST}: has no {key!r}; not a policy checkpoint")
+    if env_id is not None and manifest["env_id"] != env_id:
+        raise CheckpointError(
+            f"{folder}: made for env {manifest['env_id']!r}, but {env_id!r} was asked for"
+        )
+    if net is not None and manifest["net"] != net:
+        raise CheckpointError(f"{folder}: holds network {manifest['net']!r}, not {net!r}")
+    spec = envs.spec(manifest["env_id"])
+    if manifest["num_actions"] != spec.num_actions:
+        raise CheckpointError(
+            f"{folder}: has {manifest['num_actions']} actions but {spec.env_id} has "
+            f"{spec.num_actions}"
+        )
+    module = networks.build(manifest["net"], spec.obs_shape, spec.num_actions)
+    template = jax.eval_shape(
+        lambda k: networks.init_params(module, k, spec.obs_shape, spec.obs_dtype),
+        jax.random.PRNGKey(0),
+    )
+    data = read_verified(folder, PARAMS, manifest)
+    params = pytree_from_bytes(data, template, str(folder / PARAMS))
+    return Policy(
+        env_id=spec.env_id,
+        net=manifest["net"],
+        num_actions=spec.num_actions,
+        params=params,
+        manifest=manifest,
+        path=str(folder),
+        apply=module.apply,
+    )

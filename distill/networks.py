@@ -1,0 +1,211 @@
+"""Q-networks: the paper's Atari teacher and students, MinAtar-scale counterparts, multi-task nets.
+
+A network is described by a frozen `NetSpec` (what the paper's table lists: conv filters, kernels,
+strides, fully connected sizes) and built as a Flax Linen module whose parameters are a plain
+pytree, so a whole training run can be `jax.jit`-ed and `jax.vmap`-ed over seeds.
+
+Inputs are observations in the environment's own format (what `distill.envs` returns):
+- Atari (`ale-py` AtariVectorEnv): uint8 `[batch, 4, 84, 84]`, channel-first; scaled to [0, 1]
+  and transposed to NHWC inside the network, because Flax convolutions want channel-last.
+- MinAtar (gymnax): bool or float `[batch, 10, 10, C]`, channel-last; cast to float32.
+- Vector observations (CartPole): `[batch, features]`, used as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# (features, kernel, stride) per convolution.
+Conv = tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """One Q-network architecture, in the terms of the paper's table."""
+
+    name: str
+    convs: tuple[Conv, ...]
+    hidden: tuple[int, ...]
+    channels_first_uint8: bool = False  # Atari frames: uint8 NCHW -> float NHWC / 255
+    layer_norm: bool = False
+
+    def describe(self) -> str:
+        conv = " ".join(f"conv{f}x{k}/{s}" for f, k, s in self.convs)
+        fc = " ".join(f"fc{h}" for h in self.hidden)
+        return " ".join(p for p in (conv, fc, "+LN" if self.layer_norm else "") if p)
+
+
+def _atari(name: str, filters: tuple[int, int, int], fc: int) -> NetSpec:
+    kernels = ((8, 4), (4, 2), (3, 1))
+    convs = tuple((f, k, s) for f, (k, s) in zip(filters, kernels, strict=True))
+    return NetSpec(name, convs, (fc,), channels_first_uint8=True)
+
+
+# The paper's table (Rusu et al. 2016, Table 1 / appendix): teacher = Nature DQN.
+ATARI_NETS: dict[str, NetSpec] = {
+    "teacher": _atari("teacher", (32, 64, 64), 512),
+    "net1": _atari("net1", (16, 32, 32), 256),
+    "net2": _atari("net2", (16, 16, 16), 128),
+    "net3": _atari("net3", (16, 16, 16), 64),
+}
+
+# MinAtar (10x10xC): the MinAtar paper's network (one 3x3 conv of 16, fc 128) is the teacher.
+# Students shrink filters and units so that, for every MinAtar game (C = 4..10 channels,
+# 3..6 actions), they keep the paper's ratios: about 25 %, 7 % and 4 % of the teacher.
+MINATAR_NETS: dict[str, NetSpec] = {
+    "teacher": NetSpec("teacher", ((16, 3, 1),), (128,), layer_norm=True),
+    "net1": NetSpec("net1", ((8, 3, 1),), (64,), layer_norm=True),
+    "net2": NetSpec("net2", ((4, 3, 1),), (32,), layer_norm=True),
+    "net3": NetSpec("net3", ((4, 3, 1),), (18,), layer_norm=True),
+}
+
+# Vector observations (CartPole): an MLP, for fast tests.
+VECTOR_NETS: dict[str, NetSpec] = {
+    "teacher": NetSpec("teacher", (), (64, 64)),
+    "net1": NetSpec("net1", (), (32, 32)),
+    "net2": NetSpec("net2", (), (16,)),
+    "net3": NetSpec("net3", (), (8,)),
+}
+
+NET_NAMES = ("teacher", "net1", "net2", "net3")
+# What the paper reports each student as, in % of the teacher's parameters.
+PAPER_PERCENT = {"teacher": 100.0, "net1": 25.0, "net2": 7.0, "net3": 4.0}
+
+
+def family_for(obs_shape: Sequence[int]) -> dict[str, NetSpec]:
+    """The table of nets that fits an observation shape: Atari, MinAtar or vector."""
+    if tuple(obs_shape) == (4, 84, 84):
+        return ATARI_NETS
+    if len(obs_shape) == 3:
+        return MINATAR_NETS
+    if len(obs_shape) == 1:
+        return VECTOR_NETS
+    raise ValueError(f"no network family for observation shape {tuple(obs_shape)}")
+
+
+def net_spec(name: str, obs_shape: Sequence[int]) -> NetSpec:
+    """Look up `teacher | net1 | net2 | net3` for an observation shape."""
+    family = family_for(obs_shape)
+    if name not in family:
+        close = difflib.get_close_matches(name, list(family), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown network {name!r}; choose one of {list(family)}{hint}")
+    return family[name]
+
+
+def preprocess(spec: NetSpec, obs: jax.Array) -> jax.Array:
+    """Env-format observations -> float32 network input (NHWC for images)."""
+    if spec.channels_first_uint8:
+        return jnp.transpose(obs, (0, 2, 3, 1)).astype(jnp.float32) / 255.0
+    return obs.astype(jnp.float32)
+
+
+class Torso(nn.Module):
+    """Convolutions, then fully connected layers with ReLU: the shared part of every Q-net."""
+
+    spec: NetSpec
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = preprocess(self.spec, obs)
+        for features, kernel, stride in self.spec.convs:
+            x = nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID")(x)
+            x = nn.relu(nn.LayerNorm()(x) if self.spec.layer_norm else x)
+        x = x.reshape((x.shape[0], -1))
+        for units in self.spec.hidden:
+            x = nn.Dense(units)(x)
+            x = nn.relu(nn.LayerNorm()(x) if self.spec.layer_norm else x)
+        return x
+
+
+class QNetwork(nn.Module):
+    """Observations `[batch, *obs_shape]` -> Q-values `[batch, num_actions]`."""
+
+    spec: NetSpec
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        return nn.Dense(self.num_actions)(Torso(self.spec)(obs))
+
+
+class MultiTaskQNetwork(nn.Module):
+    """A shared trunk and one controller head per task (Rusu et al. 2016, section 4.3).
+
+    Head k is a hidden layer of `head_hidden` units and an output of `num_actions[k]` units.
+    `__call__(obs, task)` with a Python int `task` returns `[batch, num_actions[task]]`; the
+    task id is static, so a mixed-task training loop selects heads with `jax.lax.switch`.
+    All heads are created at `init` whatever task is passed.
+    """
+
+    spec: NetSpec
+    num_actions: tuple[int, ...]
+    head_hidden: int = 128
+
+    def setup(self) -> None:
+        self.trunk = Torso(self.spec)
+        self.head_hidden_layers = [nn.Dense(self.head_hidden) for _ in self.num_actions]
+        self.controllers = [nn.Dense(a) for a in self.num_actions]
+
+    def head(self, features: jax.Array, task: int) -> jax.Array:
+        return self.controllers[task](nn.relu(self.head_hidden_layers[task](features)))
+
+    def __call__(self, obs: jax.Array, task: int) -> jax.Array:
+        features = self.trunk(obs)
+        if self.is_initializing():
+            for k in range(len(self.num_actions)):
+                self.head(features, k)
+        return self.head(features, task)
+
+
+def build(name: str, obs_shape: Sequence[int], num_actions: int) -> QNetwork:
+    """The Q-network `name` for an environment's observation shape and action count."""
+    if num_actions < 1:
+        raise ValueError(f"num_actions must be >= 1; got {num_actions}")
+    return QNetwork(net_spec(name, obs_shape), num_actions)
+
+
+def init_params(module: nn.Module, key: jax.Array, obs_shape: Sequence[int], dtype, *args):
+    """Initialise a module's parameters on a dummy batch of one observation."""
+    dummy = jnp.zeros((1, *obs_shape), dtype=dtype)
+    return module.init(key, dummy, *args)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def param_count(name: str, obs_shape: Sequence[int], num_actions: int) -> int:
+    """Parameters of net `name`, computed from shapes alone (no allocation)."""
+    module = build(name, obs_shape, num_actions)
+    shapes = jax.eval_shape(
+        lambda k: init_params(module, k, obs_shape, jnp.float32), jax.random.PRNGKey(0)
+    )
+    return count_params(shapes)
+
+
+def param_table(obs_shape: Sequence[int], num_actions: int) -> list[dict]:
+    """Rows of name, layers, parameters and % of the teacher for every net of the family."""
+    family = family_for(obs_shape)
+    teacher = param_count("teacher", obs_shape, num_actions)
+    rows = []
+    for name, spec in family.items():
+        n = param_count(name, obs_shape, num_actions)
+        rows.append(
+            {
+                "name": name,
+                "layers": spec.describe(),
+                "params": n,
+                "percent_of_teacher": 100.0 * n / teacher,
+                "paper_percent": PAPER_PERCENT[name],
+            }
+        )
+    return rows
