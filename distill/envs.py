@@ -26,6 +26,33 @@ MINATAR_IDS = (
     "Seaquest-MinAtar",
 )
 GYMNAX_IDS = (*MINATAR_IDS, "CartPole-v1")
+# What each MinAtar channel shows (Young & Tian 2019; gymnax keeps MinAtar's order).
+MINATAR_CHANNELS: dict[str, tuple[str, ...]] = {
+    "Breakout-MinAtar": ("paddle", "ball", "trail", "brick"),
+    "SpaceInvaders-MinAtar": (
+        "cannon",
+        "alien",
+        "alien_left",
+        "alien_right",
+        "friendly_bullet",
+        "enemy_bullet",
+    ),
+    "Asterix-MinAtar": ("player", "enemy", "trail", "gold"),
+    "Freeway-MinAtar": ("chicken", "car", "speed1", "speed2", "speed3", "speed4", "speed5"),
+    "Seaquest-MinAtar": (
+        "sub_front",
+        "sub_back",
+        "friendly_bullet",
+        "trail",
+        "enemy_bullet",
+        "enemy_fish",
+        "enemy_sub",
+        "oxygen_gauge",
+        "diver_gauge",
+        "diver",
+    ),
+}
+
 # The ten games of Rusu et al. (2016).
 PAPER_ATARI_GAMES = (
     "Breakout",

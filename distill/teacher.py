@@ -92,7 +92,7 @@ class DQNConfig:
 
 # Per-family defaults, measured to train well here (see data/teachers/README.md).
 PRESETS: dict[str, dict[str, Any]] = {
-    "minatar": {},
+    "minatar": dict(updates_per_step=2),
     "vector": dict(
         total_steps=60_000,
         num_envs=8,

@@ -1,0 +1,34 @@
+"""Where shipped artefacts and run outputs live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from distill import envs
+
+
+def repo_root() -> Path:
+    """The checkout that holds `data/` (the package is installed editable from it)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("DISTILL_DATA", repo_root() / "data"))
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("DISTILL_RUNS", repo_root() / "runs"))
+
+
+def shipped_teacher(env_id: str) -> Path:
+    """data/teachers/<env id with '/' as '-'>: the trained teacher shipped with the repo."""
+    return data_dir() / "teachers" / envs.spec(env_id).safe_name
+
+
+def budget(default: str = "quick") -> str:
+    """The notebook/test budget from DISTILL_BUDGET: 'smoke', 'quick' or 'full'."""
+    value = os.environ.get("DISTILL_BUDGET", default)
+    if value not in ("smoke", "quick", "full"):
+        raise ValueError(f"DISTILL_BUDGET={value!r}: choose smoke, quick or full")
+    return value
