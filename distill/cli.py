@@ -106,6 +106,41 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_dataset(args) -> int:
+    from distill import dataset
+
+    config = dataset.DatasetConfig(
+        states=args.states, num_envs=args.envs, epsilon=args.epsilon, seed=args.seed
+    )
+    folder = dataset.generate(args.teacher, config, args.out, resume=args.resume)
+    data = dataset.load_dataset(folder)
+    print(f"dataset saved in {folder}: {data.env_id}, {data.num_states:,} states")
+    return 0
+
+
+def cmd_student(args) -> int:
+    from distill import dataset, student
+
+    config = student.StudentConfig(
+        loss=args.loss,
+        tau=args.tau,
+        net=args.net,
+        updates=args.updates,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        seed=args.seed,
+    )
+    data = dataset.load_dataset(args.dataset, env_id=args.env)
+    policy = student.fit(config, args.dataset, args.out, resume=args.resume, data=data)
+    print(
+        f"student saved in {args.out}: {policy.env_id}, {policy.net}, loss {config.loss}, "
+        f"final score {policy.manifest.get('final_score', float('nan')):.2f}"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -128,6 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     s.set_defaults(func=cmd_teacher)
+
+    s = sub.add_parser("dataset", help="let a teacher act and record (state, Q-values)")
+    s.add_argument("--teacher", required=True, type=_existing_dir, help="teacher checkpoint")
+    s.add_argument("--states", required=True, type=_positive_int, help="states to record")
+    s.add_argument("--envs", type=_positive_int, default=64, help="parallel envs")
+    s.add_argument("--epsilon", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="dataset folder")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted generation")
+    s.set_defaults(func=cmd_dataset)
+
+    s = sub.add_parser("student", help="distil a student from a teacher dataset")
+    s.add_argument("--dataset", required=True, type=_existing_dir, help="dataset folder")
+    s.add_argument("--loss", choices=["nll", "mse", "kl"], default="kl")
+    s.add_argument("--tau", type=float, default=0.01, help="KL temperature (paper: 0.01)")
+    s.add_argument("--net", choices=["teacher", "net1", "net2", "net3"], default="teacher")
+    s.add_argument("--updates", type=_positive_int, default=20_000)
+    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop")
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--eval-every", type=_positive_int, default=2_000)
+    s.add_argument("--env", help="refuse a dataset made for another env")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="student checkpoint folder")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted student")
+    s.set_defaults(func=cmd_student)
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")
     s.add_argument("path", nargs="?", help="checkpoint folder")

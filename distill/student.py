@@ -1,0 +1,293 @@
+"""Students: supervised distillation of a teacher's Q-values with the paper's NLL, MSE or KL loss.
+
+`make_distill(config, env_id)` returns pure pieces in the PureJaxRL manner:
+`init(key) -> StudentState` and `run(state, data, tau, blocks) -> (state, BlockMetrics)`, where
+one block is `eval_every` minibatch updates (one `lax.scan`) followed, on gymnax envs, by an
+evaluation in the env inside the same compiled call. The dataset arrays and tau are arguments,
+not closed-over constants, so `jax.vmap` runs seeds and tau values side by side.
+`fit(...)` is the CLI's runner: progress, metrics, checkpoints, resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from distill import checkpoint, dataset, envs, evaluate, losses, networks, runs
+from distill.checkpoint import CheckpointError
+from distill.config import ConfigError, in_range, positive_int, require
+
+OPTIMIZERS = ("rmsprop", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """Hyperparameters of a distilled student."""
+
+    loss: str = "kl"  # nll | mse | kl
+    tau: float = losses.DEFAULT_TAU  # KL temperature of the teacher (the paper: 0.01)
+    net: str = "teacher"  # teacher | net1 | net2 | net3: same size or compressed
+    updates: int = 20_000  # minibatch updates
+    batch_size: int = 64
+    optimizer: str = "rmsprop"  # the paper's; adam selectable
+    lr: float = 1e-3
+    eval_every: int = 2_000  # updates between evaluations in the env
+    eval_episodes: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {losses.LOSSES}")
+        require(
+            isinstance(self.tau, int | float) and self.tau > 0,
+            "tau",
+            self.tau,
+            "must be > 0 (the paper uses 0.01)",
+        )
+        require(self.net in networks.NET_NAMES, "net", self.net, f"one of {networks.NET_NAMES}")
+        for name in ("updates", "batch_size", "eval_every", "eval_episodes"):
+            positive_int(name, getattr(self, name))
+        require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        in_range("lr", self.lr, 1e-8, 1.0)
+        require(isinstance(self.seed, int), "seed", self.seed, "must be an integer")
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.updates // self.eval_every)
+
+
+class StudentState(NamedTuple):
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    updates: jax.Array  # [] minibatch updates done
+
+
+class BlockMetrics(NamedTuple):
+    loss: jax.Array  # mean training loss over the block
+    agreement: jax.Array  # fraction of the block's minibatch states where argmax student = teacher
+    score: jax.Array  # mean evaluation score after the block (nan when not evaluated in-graph)
+
+
+def make_optimizer(config: StudentConfig) -> optax.GradientTransformation:
+    if config.optimizer == "rmsprop":
+        return optax.rmsprop(config.lr, decay=0.95, eps=1e-6, centered=True)
+    return optax.adam(config.lr)
+
+
+class Distiller(NamedTuple):
+    config: StudentConfig
+    network: networks.QNetwork
+    init: Callable[[jax.Array], StudentState]
+    run: Callable[..., tuple[StudentState, BlockMetrics]]
+
+
+def make_distill(config: StudentConfig, env_id: str, stack: int | None = None) -> Distiller:
+    """Pure distillation pieces for a student of `env_id` (evaluated in-graph on gymnax envs)."""
+    spec = envs.spec(env_id)
+    stack = stack if stack is not None else dataset.stack_of(spec)
+    network = networks.build(config.net, spec.obs_shape, spec.num_actions)
+    optimizer = make_optimizer(config)
+    evaluator = (
+        None
+        if spec.is_atari
+        else evaluate.make_gymnax_evaluator(env_id, network.apply, config.eval_episodes)
+    )
+
+    def init(key: jax.Array) -> StudentState:
+        k_net, key = jax.random.split(key)
+        params = networks.init_params(network, k_net, spec.obs_shape, spec.obs_dtype)
+        return StudentState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+    def loss_fn(params, obs, teacher_q, tau):
+        student_q = network.apply(params, obs)
+        loss = losses.distillation_loss(config.loss, student_q, teacher_q, tau)
+        agree = jnp.mean(jnp.argmax(student_q, -1) == jnp.argmax(teacher_q, -1))
+        return loss, agree
+
+    def update(carry, key, data, tau, first_row):
+        params, opt_state = carry
+        obs, teacher_q = dataset.sample(data, key, config.batch_size, stack, first_row)
+        (loss, agree), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, obs, teacher_q, tau
+        )
+        step, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, step), opt_state), (loss, agree)
+
+    def block(state: StudentState, data: dict, tau, first_row: int, evaluate_in_graph: bool):
+        key, k_upd, k_eval = jax.random.split(state.key, 3)
+        (params, opt_state), (loss, agree) = jax.lax.scan(
+            lambda c, k: update(c, k, data, tau, first_row),
+            (state.params, state.opt_state),
+            jax.random.split(k_upd, config.eval_every),
+        )
+        if evaluate_in_graph and evaluator is not None:
+            score = jnp.mean(evaluator(params, k_eval, jnp.float32(evaluate.EVAL_EPSILON)))
+        else:
+            score = jnp.float32(jnp.nan)
+        new = StudentState(params, opt_state, key, state.updates + config.eval_every)
+        return new, BlockMetrics(jnp.mean(loss), jnp.mean(agree), score)
+
+    def run(state, data, tau, blocks: int, first_row: int = 0, evaluate_in_graph: bool = True):
+        """`blocks` blocks of `eval_every` updates, each followed by an evaluation."""
+        return jax.lax.scan(
+            lambda s, _: block(s, data, tau, first_row, evaluate_in_graph),
+            state,
+            None,
+            length=blocks,
+        )
+
+    return Distiller(config, network, init, run)
+
+
+def dataset_fingerprint(data: dataset.Dataset) -> dict:
+    return {
+        "path": data.path,
+        "env_id": data.env_id,
+        "teacher": data.manifest["teacher"],
+        "manifest_files": data.manifest["files"],
+    }
+
+
+def check_compatible(config: StudentConfig, data: dataset.Dataset, env_id: str | None) -> None:
+    """A student must be for the dataset's env and action count."""
+    if env_id is not None and env_id != data.env_id:
+        raise ConfigError(
+            f"env={env_id!r} does not match the dataset {data.path}, made for {data.env_id!r}"
+        )
+    spec = envs.spec(data.env_id)
+    if spec.num_actions != data.num_actions:
+        raise CheckpointError(
+            f"{data.path}: {data.num_actions} actions, but {spec.env_id} has {spec.num_actions}"
+        )
+
+
+def fit(
+    config: StudentConfig,
+    dataset_path: str,
+    out: str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    data: dataset.Dataset | None = None,
+):
+    """Distil a student from a dataset folder into `out`; returns the loaded student Policy."""
+    data = data if data is not None else dataset.load_dataset(dataset_path)
+    check_compatible(config, data, None)
+    spec = envs.spec(data.env_id)
+    folder = Path(out)
+    config_dict = dataclasses.asdict(config)
+    fingerprint = dataset_fingerprint(data)
+    distiller = make_distill(config, data.env_id, data.stack)
+    state = distiller.init(jax.random.PRNGKey(config.seed))
+    rows: list[dict] = []
+    if (folder / checkpoint.MANIFEST).exists():
+        manifest = checkpoint.read_manifest(folder)
+        if manifest.get("status") == "complete":
+            if resume:
+                return checkpoint.load(folder)
+            raise ConfigError(f"out={out!r} already holds a finished student; choose another --out")
+        if not resume:
+            raise ConfigError(
+                f"out={out!r} holds an unfinished student; pass --resume or choose another --out"
+            )
+        if manifest.get("config") != config_dict or manifest.get("dataset") != fingerprint:
+            raise CheckpointError(
+                f"{folder / checkpoint.MANIFEST}: was made with another config or dataset"
+            )
+        raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
+        state = checkpoint.pytree_from_bytes(raw, state, str(folder / checkpoint.TRAIN_STATE))
+        rows = list(manifest.get("metrics", []))
+    elif resume and folder.exists() and any(folder.iterdir()):
+        raise CheckpointError(f"{folder}: no {checkpoint.MANIFEST}; nothing to resume")
+
+    arrays = data.arrays()
+    in_graph = not spec.is_atari
+    run_block = jax.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, data.first_row, in_graph))
+
+    def manifest_for(status: str, extra: dict | None = None) -> dict:
+        return checkpoint.policy_manifest(
+            "student",
+            data.env_id,
+            config.net,
+            spec.num_actions,
+            config_dict,
+            status=status,
+            dataset=fingerprint,
+            updates=int(state.updates),
+            metrics=rows,
+            **(extra or {}),
+        )
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=config.blocks * config.eval_every,
+        initial=int(state.updates),
+        unit="upd",
+        unit_scale=True,
+        desc=f"student {config.net}/{config.loss} {data.env_id}",
+        disable=not progress,
+    )
+    try:
+        with runs.stop_on_signals() as stop:
+            while int(state.updates) < config.blocks * config.eval_every:
+                t0 = time.perf_counter()
+                state, m = run_block(state, arrays, jnp.float32(config.tau))
+                loss = float(m.loss[0])
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite {config.loss} loss at update {int(state.updates)}; the last "
+                        f"good checkpoint in {folder} is kept"
+                    )
+                score = float(m.score[0])
+                if spec.is_atari:
+                    score = evaluate.evaluate_atari(
+                        distiller.network.apply,
+                        state.params,
+                        data.env_id,
+                        config.eval_episodes,
+                        seed=config.seed + len(rows),
+                    ).mean
+                rows.append(
+                    {
+                        "updates": int(state.updates),
+                        "loss": loss,
+                        "agreement": float(m.agreement[0]),
+                        "score": score,
+                        "wall_s": round(time.perf_counter() - t0, 3),
+                    }
+                )
+                bar.update(config.eval_every)
+                bar.set_postfix(loss=f"{loss:.4f}", score=f"{score:.2f}")
+                checkpoint.write_checkpoint(
+                    folder,
+                    {
+                        checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params),
+                        checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(state),
+                    },
+                    manifest_for("running"),
+                )
+                runs.write_metrics(folder, rows)
+                if stop.requested:
+                    raise runs.Interrupted(
+                        f"{stop.signal_name}: checkpoint saved at update {int(state.updates)} "
+                        f"in {folder}; continue with --resume"
+                    )
+    finally:
+        bar.close()
+    final = rows[-1]["score"] if rows else float("nan")
+    (folder / checkpoint.TRAIN_STATE).unlink(missing_ok=True)
+    checkpoint.write_checkpoint(
+        folder,
+        {checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params)},
+        manifest_for("complete", {"final_score": final}),
+    )
+    return checkpoint.load(folder)
