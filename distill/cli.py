@@ -141,6 +141,19 @@ def cmd_student(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from distill import experiments, report
+
+    b = experiments.budget(args.budget)
+    if args.name == "losses":
+        result = experiments.loss_comparison(b, tau=args.tau)
+        folder = experiments.write_loss_comparison(result, args.out)
+        summary = experiments.summarise(result["rows"], ("game", "loss"))
+        print(report.markdown_table(summary, ["game", "loss", "percent_mean", "normalised_mean"]))
+        print(f"results in {folder}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -189,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="student checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted student")
     s.set_defaults(func=cmd_student)
+
+    s = sub.add_parser("experiment", help="run one of the paper's experiments")
+    s.add_argument("name", choices=["losses"], help="losses: NLL vs MSE vs KL")
+    s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
+    s.add_argument("--tau", type=float, default=0.01)
+    s.add_argument("--out", required=True, help="results folder")
+    s.set_defaults(func=cmd_experiment)
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")
     s.add_argument("path", nargs="?", help="checkpoint folder")

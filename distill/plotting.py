@@ -91,3 +91,45 @@ def score_histogram(scores: dict[str, np.ndarray], ax=None, title: str = ""):
     if title:
         ax.set_title(title)
     return ax
+
+
+def softmax_temperatures(q: np.ndarray, taus: Sequence[float], ax=None, title: str = ""):
+    """softmax(q / tau) for several tau: small tau sharpens, large tau softens."""
+    ax = _axes(ax, figsize=(6, 3))
+    q = np.asarray(q, dtype=float)
+    width = 0.8 / len(taus)
+    for i, tau in enumerate(taus):
+        z = q / tau
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        ax.bar(np.arange(q.size) + i * width, p, width=width, label=f"tau = {tau:g}")
+    ax.set_xticks(np.arange(q.size) + 0.4 - width / 2)
+    ax.set_xticklabels([f"a{i}\nQ={v:.2f}" for i, v in enumerate(q)], fontsize=8)
+    ax.set_ylabel("probability")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def score_curves(curves: Sequence[dict], key: str = "loss", ax=None, title: str = ""):
+    """Evaluation score against updates, one line (mean +- std over seeds) per curve."""
+    ax = _axes(ax)
+    for c in curves:
+        x = np.asarray(c["updates"])
+        m, s = np.asarray(c["score_mean"]), np.asarray(c["score_std"])
+        ax.plot(x, m, label=str(c[key]))
+        ax.fill_between(x, m - s, m + s, alpha=0.2)
+    ax.set_xlabel("student updates")
+    ax.set_ylabel("evaluation score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def reference_line(ax, value: float, label: str, color: str = "grey"):
+    ax.axhline(value, color=color, ls="--", lw=1, label=label)
+    ax.legend(fontsize=8)
+    return ax

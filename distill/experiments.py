@@ -1,0 +1,244 @@
+"""The paper's experiments as functions that return tidy results (a list of flat dicts).
+
+Each experiment takes a `Budget` (how many states, updates, seeds, episodes) so the same code runs
+as a smoke test, a quick look or a full reproduction. Seeds run side by side under `jax.vmap`, in
+one compiled call per (game, loss, network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill import checkpoint, dataset, envs, evaluate, paths, student, teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How much compute an experiment spends."""
+
+    name: str
+    games: tuple[str, ...]
+    teacher_steps: int  # for teachers that have to be trained (none shipped)
+    dataset_states: int
+    updates: int
+    eval_every: int
+    seeds: int
+    eval_episodes: int
+
+
+MINATAR_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar")
+
+BUDGETS = {
+    "smoke": Budget("smoke", ("Breakout-MinAtar",), 50_000, 8_192, 600, 300, 2, 16),
+    "quick": Budget("quick", MINATAR_GAMES, 1_000_000, 65_536, 6_000, 1_000, 3, 50),
+    "full": Budget("full", MINATAR_GAMES, 1_000_000, 262_144, 30_000, 2_500, 5, 100),
+}
+
+
+def budget(name: str) -> Budget:
+    if name not in BUDGETS:
+        raise ValueError(f"budget={name!r}: choose one of {list(BUDGETS)}")
+    return BUDGETS[name]
+
+
+# ---------------------------------------------------------------------------- ingredients
+
+
+def ensure_teacher(env_id: str, b: Budget, runs_dir: Path, progress: bool = True):
+    """The shipped teacher for env_id, or one trained (and cached) at the budget's steps."""
+    shipped = paths.shipped_teacher(env_id)
+    if (shipped / checkpoint.MANIFEST).exists():
+        return checkpoint.load(shipped, env_id=env_id)
+    out = runs_dir / "teachers" / f"{envs.spec(env_id).safe_name}_{b.teacher_steps}"
+    config = teacher.default_config(env_id, total_steps=b.teacher_steps)
+    return teacher.fit(config, str(out), resume=True, progress=progress)
+
+
+def ensure_dataset(policy, b: Budget, runs_dir: Path, progress: bool = True) -> dataset.Dataset:
+    """The teacher's dataset at the budget's size, generated once and reused."""
+    sha = policy.manifest["files"][checkpoint.PARAMS][:10]
+    out = runs_dir / "datasets" / f"{envs.spec(policy.env_id).safe_name}_{sha}_{b.dataset_states}"
+    config = dataset.DatasetConfig(states=b.dataset_states, num_envs=64, seed=0)
+    dataset.generate(policy.path, config, str(out), resume=True, progress=progress)
+    return dataset.load_dataset(str(out), env_id=policy.env_id)
+
+
+def reference_scores(policy, b: Budget) -> tuple[float, float]:
+    """(teacher, random) mean scores under the evaluation protocol, same episodes and seed."""
+    t = evaluate.evaluate_policy(policy, b.eval_episodes, seed=10_000).mean
+    r = evaluate.evaluate_random(policy.env_id, b.eval_episodes, seed=10_000).mean
+    return t, r
+
+
+def distil_seeds(config: student.StudentConfig, data: dataset.Dataset, seeds: int):
+    """Train `seeds` students side by side (jax.vmap); returns final params and metrics.
+
+    Metrics are `[seeds, blocks]` arrays (loss, agreement, in-env score after each block).
+    """
+    distiller = student.make_distill(config, data.env_id, data.stack)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+
+    def one(key, arrays, tau):
+        state = distiller.init(key)
+        return distiller.run(state, arrays, tau, config.blocks, data.first_row, True)
+
+    run = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+    state, metrics = run(keys, data.arrays(), jnp.float32(config.tau))
+    return distiller, state, jax.tree_util.tree_map(np.asarray, metrics)
+
+
+def percent_of_teacher(score: float, teacher_score: float) -> float:
+    return 100.0 * score / teacher_score if teacher_score else float("nan")
+
+
+def random_normalised(score: float, teacher_score: float, random_score: float) -> float:
+    gap = teacher_score - random_score
+    return (score - random_score) / gap if gap else float("nan")
+
+
+def geometric_mean(values) -> float:
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 0 or (v <= 0).any() or not np.isfinite(v).all():
+        return float("nan")
+    return float(math.exp(np.mean(np.log(v))))
+
+
+# ---------------------------------------------------------------------------- experiments
+
+
+def loss_comparison(
+    b: Budget,
+    losses: tuple[str, ...] = ("nll", "mse", "kl"),
+    tau: float = 0.01,
+    net: str = "teacher",
+    runs_dir: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Same-size students with each loss on each game (Rusu et al. 2016, section 5.1).
+
+    Returns {"rows": per (game, loss, seed) results, "curves": per (game, loss) learning curves,
+    "teachers": per game teacher and random scores}.
+    """
+    runs_dir = Path(runs_dir or paths.runs_dir())
+    rows, curves, teachers = [], [], []
+    for env_id in b.games:
+        policy = ensure_teacher(env_id, b, runs_dir, progress)
+        data = ensure_dataset(policy, b, runs_dir, progress)
+        t_score, r_score = reference_scores(policy, b)
+        teachers.append({"game": env_id, "teacher_score": t_score, "random_score": r_score})
+        for loss in losses:
+            config = student.StudentConfig(
+                loss=loss,
+                tau=tau,
+                net=net,
+                updates=b.updates,
+                eval_every=b.eval_every,
+                eval_episodes=b.eval_episodes,
+            )
+            _, _, m = distil_seeds(config, data, b.seeds)
+            for seed in range(b.seeds):
+                score = float(m.score[seed, -1])
+                rows.append(
+                    {
+                        "game": env_id,
+                        "loss": loss,
+                        "net": net,
+                        "seed": seed,
+                        "score": score,
+                        "teacher_score": t_score,
+                        "random_score": r_score,
+                        "percent_of_teacher": percent_of_teacher(score, t_score),
+                        "random_normalised": random_normalised(score, t_score, r_score),
+                        "agreement": float(m.agreement[seed, -1]),
+                    }
+                )
+            curves.append(
+                {
+                    "game": env_id,
+                    "loss": loss,
+                    "updates": [(i + 1) * b.eval_every for i in range(config.blocks)],
+                    "score_mean": m.score.mean(axis=0).tolist(),
+                    "score_std": m.score.std(axis=0).tolist(),
+                }
+            )
+    return {"rows": rows, "curves": curves, "teachers": teachers, "budget": dataclasses.asdict(b)}
+
+
+def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
+    """Mean and std over seeds of % of teacher and random-normalised score, grouped by `by`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        pct = np.array([r["percent_of_teacher"] for r in rs])
+        norm = np.array([r["random_normalised"] for r in rs])
+        out.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "seeds": len(rs),
+                "score_mean": float(np.mean([r["score"] for r in rs])),
+                "percent_mean": float(np.mean(pct)),
+                "percent_std": float(np.std(pct)),
+                "normalised_mean": float(np.mean(norm)),
+                "normalised_std": float(np.std(norm)),
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def loss_comparison_figure(result: dict):
+    """Learning curves per loss, one panel per game, teacher and random scores marked."""
+    import matplotlib.pyplot as plt
+
+    from distill import plotting
+
+    games = [t["game"] for t in result["teachers"]]
+    fig, axes = plt.subplots(1, len(games), figsize=(4.2 * len(games), 3.3), squeeze=False)
+    for ax, t in zip(axes[0], result["teachers"], strict=True):
+        curves = [c for c in result["curves"] if c["game"] == t["game"]]
+        plotting.score_curves(curves, key="loss", ax=ax, title=t["game"])
+        plotting.reference_line(ax, t["teacher_score"], "teacher", "black")
+        plotting.reference_line(ax, t["random_score"], "random", "grey")
+    fig.tight_layout()
+    return fig
+
+
+def write_loss_comparison(result: dict, out: str | Path) -> Path:
+    """results JSON, a markdown table and the figure, into folder `out`."""
+    from distill import report
+    from distill.checkpoint import atomic_write_json, atomic_write_text
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarise(result["rows"], ("game", "loss"))
+    atomic_write_json(folder / "loss_comparison.json", {**result, "summary": summary})
+    atomic_write_text(
+        folder / "loss_comparison.md",
+        report.markdown_table(
+            summary,
+            [
+                "game",
+                "loss",
+                "seeds",
+                "score_mean",
+                "percent_mean",
+                "percent_std",
+                "normalised_mean",
+                "normalised_std",
+            ],
+        )
+        + "\n",
+    )
+    fig = loss_comparison_figure(result)
+    fig.savefig(folder / "loss_comparison.png", dpi=120)
+    return folder
