@@ -50,11 +50,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -125,12 +129,19 @@ def pytree_from_bytes(data: bytes, template: Any, name: str) -> Any:
     for i, (arr, ref) in enumerate(zip(arrays, leaves, strict=True)):
         ref_shape = tuple(ref.shape)
         ref_dtype = ref.dtype if hasattr(ref, "dtype") else np.asarray(ref).dtype
-        if arr.shape != ref_shape:
+        if arr.shape != ref_shape and not jnp.issubdtype(ref_dtype, jax.dtypes.prng_key):
             raise CheckpointError(
                 f"{name}: array {i} has shape {arr.shape}, expected {ref_shape} "
                 "(another network, env or config?)"
             )
-        out.append(jnp.asarray(arr, dtype=ref_dtype))
+        if jnp.issubdtype(ref_dtype, jax.dtypes.prng_key):
+            out.append(jax.random.wrap_key_data(jnp.asarray(arr)))
+            continue
+        if arr.dtype != np.dtype(ref_dtype):
+            raise CheckpointError(
+                f"{name}: array {i} has dtype {arr.dtype}, expected {np.dtype(ref_dtype)}"
+            )
+        out.append(jnp.asarray(arr))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
