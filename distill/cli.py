@@ -151,6 +151,11 @@ def cmd_experiment(args) -> int:
         summary = experiments.summarise(result["rows"], ("game", "loss"))
         print(report.markdown_table(summary, ["game", "loss", "percent_mean", "normalised_mean"]))
         print(f"results in {folder}")
+    elif args.name == "compression":
+        result = experiments.compression(b, tau=args.tau)
+        folder = experiments.write_compression(result, args.out)
+        print(report.markdown_table(result["summary"]))
+        print(f"results in {folder}")
     return 0
 
 
@@ -204,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_student)
 
     s = sub.add_parser("experiment", help="run one of the paper's experiments")
-    s.add_argument("name", choices=["losses"], help="losses: NLL vs MSE vs KL")
+    s.add_argument(
+        "name",
+        choices=["losses", "compression"],
+        help="losses: NLL vs MSE vs KL; compression: KL students at 100/25/7/4 %% size",
+    )
     s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
     s.add_argument("--tau", type=float, default=0.01)
     s.add_argument("--out", required=True, help="results folder")

@@ -242,3 +242,157 @@ def write_loss_comparison(result: dict, out: str | Path) -> Path:
     fig = loss_comparison_figure(result)
     fig.savefig(folder / "loss_comparison.png", dpi=120)
     return folder
+
+
+# ---------------------------------------------------------------------------- compression
+
+# Rusu et al. (2016), Table 2: geometric mean over 10 games of KL students, % of the teacher.
+PAPER_COMPRESSION = {"teacher": None, "net1": 108.3, "net2": 101.7, "net3": 83.9}
+
+
+def compression(
+    b: Budget,
+    nets: tuple[str, ...] = ("teacher", "net1", "net2", "net3"),
+    tau: float = 0.01,
+    runs_dir: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """KL students of every size on every game (Rusu et al. 2016, section 5.2).
+
+    Returns {"rows": per (game, net, seed), "geomean": per (net, seed) geometric mean of % of
+    teacher across games, "summary": per net mean and std of that geometric mean over seeds}.
+    """
+    from distill import networks
+
+    runs_dir = Path(runs_dir or paths.runs_dir())
+    rows, teachers = [], []
+    for env_id in b.games:
+        policy = ensure_teacher(env_id, b, runs_dir, progress)
+        data = ensure_dataset(policy, b, runs_dir, progress)
+        t_score, r_score = reference_scores(policy, b)
+        teachers.append({"game": env_id, "teacher_score": t_score, "random_score": r_score})
+        spec = envs.spec(env_id)
+        teacher_params = networks.param_count("teacher", spec.obs_shape, spec.num_actions)
+        for net in nets:
+            config = student.StudentConfig(
+                loss="kl",
+                tau=tau,
+                net=net,
+                updates=b.updates,
+                eval_every=b.eval_every,
+                eval_episodes=b.eval_episodes,
+            )
+            _, _, m = distil_seeds(config, data, b.seeds)
+            n_params = networks.param_count(net, spec.obs_shape, spec.num_actions)
+            for seed in range(b.seeds):
+                score = float(m.score[seed, -1])
+                rows.append(
+                    {
+                        "game": env_id,
+                        "net": net,
+                        "params": n_params,
+                        "params_percent": 100.0 * n_params / teacher_params,
+                        "seed": seed,
+                        "score": score,
+                        "teacher_score": t_score,
+                        "random_score": r_score,
+                        "percent_of_teacher": percent_of_teacher(score, t_score),
+                        "random_normalised": random_normalised(score, t_score, r_score),
+                    }
+                )
+    geo = []
+    for net in nets:
+        for seed in range(b.seeds):
+            per_game = [r for r in rows if r["net"] == net and r["seed"] == seed]
+            geo.append(
+                {
+                    "net": net,
+                    "seed": seed,
+                    "geomean_percent": geometric_mean(r["percent_of_teacher"] for r in per_game),
+                    "params_percent": float(np.mean([r["params_percent"] for r in per_game])),
+                }
+            )
+    summary = []
+    for net in nets:
+        g = np.array([x["geomean_percent"] for x in geo if x["net"] == net])
+        summary.append(
+            {
+                "net": net,
+                "params_percent": float(
+                    np.mean([x["params_percent"] for x in geo if x["net"] == net])
+                ),
+                "geomean_percent_mean": float(np.mean(g)),
+                "geomean_percent_std": float(np.std(g)),
+                "paper_percent": PAPER_COMPRESSION.get(net),
+            }
+        )
+    return {
+        "rows": rows,
+        "geomean": geo,
+        "summary": summary,
+        "teachers": teachers,
+        "budget": dataclasses.asdict(b),
+    }
+
+
+def compression_figure(result: dict):
+    """Parameters (% of teacher, log axis) against % of teacher score, with the paper's points."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for game in sorted({r["game"] for r in result["rows"]}):
+        rs = [r for r in result["rows"] if r["game"] == game]
+        nets = sorted(
+            {r["net"] for r in rs},
+            key=lambda n: -np.mean([r["params_percent"] for r in rs if r["net"] == n]),
+        )
+        x = [np.mean([r["params_percent"] for r in rs if r["net"] == n]) for n in nets]
+        y = [np.mean([r["percent_of_teacher"] for r in rs if r["net"] == n]) for n in nets]
+        ax.plot(x, y, "o-", alpha=0.5, lw=1, label=game)
+    s = result["summary"]
+    ax.errorbar(
+        [r["params_percent"] for r in s],
+        [r["geomean_percent_mean"] for r in s],
+        yerr=[r["geomean_percent_std"] for r in s],
+        fmt="s-",
+        color="black",
+        lw=2,
+        capsize=3,
+        label="geometric mean (this run)",
+    )
+    paper = [(r["params_percent"], r["paper_percent"]) for r in s if r["paper_percent"]]
+    if paper:
+        ax.plot(*zip(*paper, strict=True), "r*", ms=12, label="paper (10 Atari games)")
+    ax.axhline(100, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters, % of teacher (log)")
+    ax.set_ylabel("score, % of teacher")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def write_compression(result: dict, out: str | Path) -> Path:
+    from distill import report
+    from distill.checkpoint import atomic_write_json, atomic_write_text
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "compression.json", result)
+    atomic_write_text(
+        folder / "compression.md",
+        report.markdown_table(
+            result["summary"],
+            [
+                "net",
+                "params_percent",
+                "geomean_percent_mean",
+                "geomean_percent_std",
+                "paper_percent",
+            ],
+        )
+        + "\n",
+    )
+    compression_figure(result).savefig(folder / "compression.png", dpi=120)
+    return folder
