@@ -1,0 +1,288 @@
+"""Multi-task networks: one shared trunk and one controller head per game (Rusu et al. 2016, 4.3).
+
+MinAtar games differ in their observation channels (Breakout 4, SpaceInvaders 6, Asterix 4,
+Freeway 7, Seaquest 10) and their action sets (3 to 6). One network handles all of them this way:
+- observations are zero-padded along the channel axis to the largest channel count of the games
+  in the set (a channel a game does not have is simply empty), so one trunk sees one input shape;
+- each game has its own controller head (a hidden layer and an output layer) with that game's
+  number of actions; the task id picks the head, in training and in evaluation.
+
+Two learners use this network:
+- `make_multitask_distill`: a student distilled from single-game teachers' datasets, each
+  minibatch from one game (games take turns), with the NLL, MSE or KL loss;
+- `make_multitask_train`: the baseline, a multi-task DQN trained on all games jointly, each
+  gradient step summing one double-DQN minibatch loss per game.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from distill import envs, evaluate, losses, networks, replay, student, teacher
+from distill.config import ConfigError
+
+HEAD_HIDDEN = 128  # the paper's per-game fc2 of 128 units
+
+
+def padded_channels(games: Sequence[str]) -> int:
+    """The channel count every game's observations are padded to."""
+    shapes = [envs.spec(g).obs_shape for g in games]
+    if any(len(s) != 3 for s in shapes) or len({s[:2] for s in shapes}) != 1:
+        raise ConfigError(f"games={list(games)}: multi-task needs image games of one size")
+    return max(s[-1] for s in shapes)
+
+
+def pad_obs(obs: jax.Array, channels: int) -> jax.Array:
+    """`[..., H, W, C]` -> `[..., H, W, channels]` float32, zero-padded."""
+    extra = channels - obs.shape[-1]
+    obs = obs.astype(jnp.float32)
+    if extra == 0:
+        return obs
+    return jnp.pad(obs, [(0, 0)] * (obs.ndim - 1) + [(0, extra)])
+
+
+def build(games: Sequence[str], net: str = "teacher") -> networks.MultiTaskQNetwork:
+    first = envs.spec(games[0])
+    spec = networks.net_spec(net, first.obs_shape)
+    return networks.MultiTaskQNetwork(
+        spec, tuple(envs.spec(g).num_actions for g in games), HEAD_HIDDEN
+    )
+
+
+def init_params(network: networks.MultiTaskQNetwork, key: jax.Array, games: Sequence[str]):
+    h, w = envs.spec(games[0]).obs_shape[:2]
+    return network.init(key, jnp.zeros((1, h, w, padded_channels(games))), 0)
+
+
+def head_apply(network, games: Sequence[str], task: int) -> Callable:
+    """`apply(params, obs)` for game `task`, with obs in that game's own format."""
+    channels = padded_channels(games)
+    return lambda params, obs: network.apply(params, pad_obs(obs, channels), task)
+
+
+# ---------------------------------------------------------------------------- distillation
+
+
+class MultiMetrics(NamedTuple):
+    loss: jax.Array  # mean loss over the block
+    score: jax.Array  # [games] mean evaluation score per game after the block
+
+
+def make_multitask_distill(config: student.StudentConfig, games: Sequence[str]):
+    """(network, init(key) -> StudentState, run(state, datas, tau, blocks) -> (state, metrics)).
+
+    `datas` is a tuple of `Dataset.arrays()`, one per game (in `games` order). Update u trains
+    on a minibatch of game u mod len(games); after every `eval_every` updates each game's head is
+    evaluated in its own env, all inside one compiled call.
+    """
+    games = tuple(games)
+    network = build(games, config.net)
+    optimizer = student.make_optimizer(config)
+    channels = padded_channels(games)
+    evaluators = [
+        evaluate.make_gymnax_evaluator(g, head_apply(network, games, k), config.eval_episodes)
+        for k, g in enumerate(games)
+    ]
+
+    def init(key):
+        k_net, key = jax.random.split(key)
+        params = init_params(network, k_net, games)
+        return student.StudentState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+    def game_loss(k: int, params, key, datas, tau):
+        from distill import dataset
+
+        obs, teacher_q = dataset.sample(datas[k], key, config.batch_size, 1, 0)
+        student_q = network.apply(params, pad_obs(obs, channels), k)
+        return losses.distillation_loss(config.loss, student_q, teacher_q, tau)
+
+    def update(carry, x, datas, tau):
+        params, opt_state = carry
+        key, task = x
+        branches = [
+            (lambda p, k_, d, t, k=k: jax.value_and_grad(game_loss, argnums=1)(k, p, k_, d, t))
+            for k in range(len(games))
+        ]
+        loss, grads = jax.lax.switch(task, branches, params, key, datas, tau)
+        step, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, step), opt_state), loss
+
+    def block(state, datas, tau):
+        key, k_upd, k_eval = jax.random.split(state.key, 3)
+        tasks = (state.updates + jnp.arange(config.eval_every)) % len(games)
+        (params, opt_state), loss = jax.lax.scan(
+            lambda c, x: update(c, x, datas, tau),
+            (state.params, state.opt_state),
+            (jax.random.split(k_upd, config.eval_every), tasks),
+        )
+        eps = jnp.float32(evaluate.EVAL_EPSILON)
+        scores = jnp.stack(
+            [
+                jnp.mean(ev(params, k, eps))
+                for ev, k in zip(evaluators, jax.random.split(k_eval, len(games)), strict=True)
+            ]
+        )
+        new = student.StudentState(params, opt_state, key, state.updates + config.eval_every)
+        return new, MultiMetrics(jnp.mean(loss), scores)
+
+    def run(state, datas, tau, blocks: int):
+        return jax.lax.scan(lambda s, _: block(s, datas, tau), state, None, length=blocks)
+
+    return network, init, run
+
+
+# ---------------------------------------------------------------------------- multi-task DQN
+
+
+class MultiTrainState(NamedTuple):
+    params: Any
+    target_params: Any
+    opt_state: Any
+    replays: tuple  # one Replay per game
+    env_states: tuple
+    obs: tuple  # per game [envs, *obs_shape]
+    episode_returns: tuple
+    key: jax.Array
+    iteration: jax.Array
+    updates: jax.Array
+
+
+def make_multitask_train(config: teacher.DQNConfig, games: Sequence[str]):
+    """A multi-task DQN on gymnax games: (network, init(key), run(state, iterations)).
+
+    Every iteration steps `config.num_envs` envs of every game; `config.total_steps` counts env
+    steps of all games together. Each gradient step sums one double-DQN minibatch loss per game.
+    Per-iteration metrics: the return sum and episode count per game.
+    """
+    games = tuple(games)
+    k_games = len(games)
+    network = build(games, config.net)
+    channels = padded_channels(games)
+    gym = [envs.make(g) for g in games]
+    optimizer = teacher.make_optimizer(config)
+    n = config.num_envs
+    rows = config.buffer_size // n
+    iterations = config.total_steps // (n * k_games)
+    learning_starts_iter = config.learning_starts // (n * k_games)
+
+    def apply_k(k):
+        return lambda p, obs: network.apply(p, pad_obs(obs, channels), k)
+
+    def init(key):
+        k_net, key, *k_env = jax.random.split(key, 2 + k_games)
+        params = init_params(network, k_net, games)
+        resets = [
+            jax.vmap(e.reset)(jax.random.split(kk, n)) for e, kk in zip(gym, k_env, strict=True)
+        ]
+        return MultiTrainState(
+            params=params,
+            target_params=params,
+            opt_state=optimizer.init(params),
+            replays=tuple(
+                replay.init(rows, n, e.spec.obs_shape, teacher.replay_storage_dtype(e.spec))
+                for e in gym
+            ),
+            env_states=tuple(r[1] for r in resets),
+            obs=tuple(r[0] for r in resets),
+            episode_returns=tuple(jnp.zeros(n) for _ in games),
+            key=key,
+            iteration=jnp.zeros((), jnp.int32),
+            updates=jnp.zeros((), jnp.int32),
+        )
+
+    def loss_fn(params, target_params, batches):
+        total = 0.0
+        for k, batch in enumerate(batches):
+            f = apply_k(k)
+            total = total + losses.double_q_td_loss(
+                f(params, batch.obs_tm1),
+                batch.a_tm1,
+                batch.r_t,
+                batch.discount_t,
+                f(params, batch.obs_t),
+                f(target_params, batch.obs_t),
+            )
+        return total
+
+    def one_update(carry, key, replays):
+        params, target, opt_state, updates = carry
+        keys = jax.random.split(key, k_games)
+        batches = [
+            replay.sample_nstep(r, kk, config.batch_size, config.n_step, config.gamma)
+            for r, kk in zip(replays, keys, strict=True)
+        ]
+        loss, grads = jax.value_and_grad(loss_fn)(params, target, batches)
+        step, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, step)
+        updates = updates + 1
+        copy = updates % config.target_update_every == 0
+        target = jax.tree_util.tree_map(lambda t, p: jnp.where(copy, p, t), target, params)
+        return (params, target, opt_state, updates), loss
+
+    def iteration(state: MultiTrainState, _):
+        key, k_upd, *k_game = jax.random.split(state.key, 2 + k_games)
+        eps = teacher.epsilon_at(config, state.iteration * n * k_games)
+        replays, env_states, obs_out, returns, ret_sums, episodes = [], [], [], [], [], []
+        for k, e in enumerate(gym):
+            k_act, k_env = jax.random.split(k_game[k])
+            action = teacher.epsilon_greedy(k_act, apply_k(k)(state.params, state.obs[k]), eps)
+            obs, env_state, reward, done, _ = jax.vmap(e.step)(
+                jax.random.split(k_env, n), state.env_states[k], action
+            )
+            replays.append(replay.add(state.replays[k], state.obs[k], action, reward, done))
+            ep = state.episode_returns[k] + reward
+            ret_sums.append(jnp.sum(jnp.where(done, ep, 0.0)))
+            episodes.append(jnp.sum(done))
+            returns.append(jnp.where(done, 0.0, ep))
+            env_states.append(env_state)
+            obs_out.append(obs)
+        replays = tuple(replays)
+
+        def learn(carry):
+            carry, loss = jax.lax.scan(
+                lambda c, kk: one_update(c, kk, replays),
+                carry,
+                jax.random.split(k_upd, config.updates_per_step),
+            )
+            return carry, jnp.mean(loss)
+
+        ready = state.iteration >= learning_starts_iter
+        for r in replays:
+            ready = ready & replay.can_sample(r, config.n_step)
+        (params, target, opt_state, updates), loss = jax.lax.cond(
+            ready,
+            learn,
+            lambda c: (c, jnp.float32(jnp.nan)),
+            (state.params, state.target_params, state.opt_state, state.updates),
+        )
+        new = MultiTrainState(
+            params,
+            target,
+            opt_state,
+            replays,
+            tuple(env_states),
+            tuple(obs_out),
+            tuple(returns),
+            key,
+            state.iteration + 1,
+            updates,
+        )
+        return new, (jnp.stack(ret_sums), jnp.stack(episodes), loss)
+
+    def run(state, iterations: int):
+        return jax.lax.scan(iteration, state, None, length=iterations)
+
+    return network, init, run, iterations
+
+
+def evaluate_heads(network, params, games: Sequence[str], episodes: int, seed: int = 0):
+    """Per-game evaluation scores of a multi-task network (head k in game k)."""
+    return [
+        evaluate.evaluate_gymnax(head_apply(network, games, k), params, g, episodes, seed=seed)
+        for k, g in enumerate(games)
+    ]
