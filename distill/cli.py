@@ -151,11 +151,29 @@ def cmd_experiment(args) -> int:
         summary = experiments.summarise(result["rows"], ("game", "loss"))
         print(report.markdown_table(summary, ["game", "loss", "percent_mean", "normalised_mean"]))
         print(f"results in {folder}")
+    elif args.name == "multitask":
+        result = experiments.multitask(b, tau=args.tau)
+        folder = experiments.write_multitask(result, args.out)
+        print(report.markdown_table(experiments.multitask_table(result)))
+        print(f"results in {folder}")
+    elif args.name == "online":
+        result = experiments.online(b)
+        folder = experiments.write_online(result, args.out)
+        print(report.markdown_table(experiments.online_table(result)))
+        print(f"results in {folder}")
     elif args.name == "compression":
         result = experiments.compression(b, tau=args.tau)
         folder = experiments.write_compression(result, args.out)
         print(report.markdown_table(result["summary"]))
         print(f"results in {folder}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from distill import reproduce
+
+    out = reproduce.reproduce(args.suite, args.budget, args.out)
+    print(f"report: {out / 'report.md'}")
     return 0
 
 
@@ -211,13 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("experiment", help="run one of the paper's experiments")
     s.add_argument(
         "name",
-        choices=["losses", "compression"],
-        help="losses: NLL vs MSE vs KL; compression: KL students at 100/25/7/4 %% size",
+        choices=["losses", "compression", "multitask", "online"],
+        help="losses: NLL vs MSE vs KL; compression: KL students at 100/25/7/4 %% size; "
+        "multitask: one student for all games vs a multi-task DQN; online: a student "
+        "following a training teacher",
     )
     s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
     s.add_argument("--tau", type=float, default=0.01)
     s.add_argument("--out", required=True, help="results folder")
     s.set_defaults(func=cmd_experiment)
+
+    s = sub.add_parser("reproduce", help="run the paper's experiments end to end, with a report")
+    s.add_argument("--suite", choices=["minatar", "atari"], default="minatar")
+    s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
+    s.add_argument("--out", required=True, help="results folder (re-runs skip finished stages)")
+    s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")
     s.add_argument("path", nargs="?", help="checkpoint folder")

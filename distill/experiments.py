@@ -30,14 +30,23 @@ class Budget:
     eval_every: int
     seeds: int
     eval_episodes: int
+    multitask_dqn_steps: int | None  # None: as many as the single-game teachers used together
+    online_teacher_steps: int
+    online_rounds: int
 
 
 MINATAR_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar")
 
 BUDGETS = {
-    "smoke": Budget("smoke", ("Breakout-MinAtar",), 50_000, 8_192, 600, 300, 2, 16),
-    "quick": Budget("quick", MINATAR_GAMES, 1_000_000, 65_536, 6_000, 1_000, 3, 50),
-    "full": Budget("full", MINATAR_GAMES, 1_000_000, 262_144, 30_000, 2_500, 5, 100),
+    "smoke": Budget(
+        "smoke", ("Breakout-MinAtar",), 50_000, 8_192, 600, 300, 2, 16, 40_000, 40_000, 4
+    ),
+    "quick": Budget(
+        "quick", MINATAR_GAMES, 1_000_000, 65_536, 6_000, 1_000, 3, 50, 1_000_000, 400_000, 20
+    ),
+    "full": Budget(
+        "full", MINATAR_GAMES, 1_000_000, 262_144, 30_000, 2_500, 5, 100, None, 1_000_000, 50
+    ),
 }
 
 
@@ -80,17 +89,29 @@ def distil_seeds(config: student.StudentConfig, data: dataset.Dataset, seeds: in
     """Train `seeds` students side by side (jax.vmap); returns final params and metrics.
 
     Metrics are `[seeds, blocks]` arrays (loss, agreement, in-env score after each block).
+    Atari envs live on the host, so there only the final students are evaluated (after the
+    compiled run) and earlier blocks' scores are nan.
     """
     distiller = student.make_distill(config, data.env_id, data.stack)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    in_graph = not envs.spec(data.env_id).is_atari
 
     def one(key, arrays, tau):
         state = distiller.init(key)
-        return distiller.run(state, arrays, tau, config.blocks, data.first_row, True)
+        return distiller.run(state, arrays, tau, config.blocks, data.first_row, in_graph)
 
     run = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
     state, metrics = run(keys, data.arrays(), jnp.float32(config.tau))
-    return distiller, state, jax.tree_util.tree_map(np.asarray, metrics)
+    metrics = jax.tree_util.tree_map(np.asarray, metrics)
+    if not in_graph:
+        score = np.array(metrics.score)
+        for s in range(seeds):
+            params = jax.tree_util.tree_map(lambda x, s=s: x[s], state.params)
+            score[s, -1] = evaluate.evaluate_atari(
+                distiller.network.apply, params, data.env_id, config.eval_episodes, seed=s
+            ).mean
+        metrics = metrics._replace(score=score)
+    return distiller, state, metrics
 
 
 def percent_of_teacher(score: float, teacher_score: float) -> float:
@@ -395,4 +416,211 @@ def write_compression(result: dict, out: str | Path) -> Path:
         + "\n",
     )
     compression_figure(result).savefig(folder / "compression.png", dpi=120)
+    return folder
+
+
+# ---------------------------------------------------------------------------- multi-task
+
+# Rusu et al. (2016), 3-game multi-task results, geometric mean of % of single-game teachers.
+PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 116.9}
+
+
+def distil_multitask_seeds(config: student.StudentConfig, games, datas: tuple, seeds: int):
+    """`seeds` multi-task students side by side; metrics `[seeds, blocks, ...]`."""
+    from distill import multitask as mt
+
+    _, init, run = mt.make_multitask_distill(config, games)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    blocks = config.blocks
+
+    def one(key, d, tau):
+        return run(init(key), d, tau, blocks)[1]
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))(keys, datas, jnp.float32(config.tau))
+
+
+def multitask(
+    b: Budget,
+    tau: float = 0.01,
+    runs_dir: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """One multi-task student distilled from every game's teacher (NLL and KL), against a
+    multi-task DQN with the same architecture trained on all games jointly."""
+    from distill import multitask as mt
+
+    runs_dir = Path(runs_dir or paths.runs_dir())
+    games = tuple(b.games)
+    teachers, datas, teacher_steps = [], [], 0
+    for env_id in games:
+        policy = ensure_teacher(env_id, b, runs_dir, progress)
+        data = ensure_dataset(policy, b, runs_dir, progress)
+        t_score, r_score = reference_scores(policy, b)
+        teachers.append({"game": env_id, "teacher_score": t_score, "random_score": r_score})
+        datas.append(data.arrays())
+        teacher_steps += int(policy.manifest.get("env_steps", b.teacher_steps))
+    rows = []
+
+    def add_rows(method: str, scores: np.ndarray) -> None:  # scores [seeds, games]
+        for seed in range(scores.shape[0]):
+            for k, t in enumerate(teachers):
+                score = float(scores[seed, k])
+                rows.append(
+                    {
+                        "method": method,
+                        "game": t["game"],
+                        "seed": seed,
+                        "score": score,
+                        "teacher_score": t["teacher_score"],
+                        "random_score": t["random_score"],
+                        "percent_of_teacher": percent_of_teacher(score, t["teacher_score"]),
+                        "random_normalised": random_normalised(
+                            score, t["teacher_score"], t["random_score"]
+                        ),
+                    }
+                )
+
+    for loss in ("nll", "kl"):
+        config = student.StudentConfig(
+            loss=loss,
+            tau=tau,
+            updates=b.updates * len(games),
+            eval_every=b.eval_every * len(games),
+            eval_episodes=b.eval_episodes,
+        )
+        m = distil_multitask_seeds(config, games, tuple(datas), b.seeds)
+        add_rows(f"distilled-{loss}", np.asarray(m.score[:, -1, :]))
+    dqn_steps = b.multitask_dqn_steps or teacher_steps
+    dqn_config = teacher.default_config(games[0], total_steps=dqn_steps)
+    network, init, run, iterations = mt.make_multitask_train(dqn_config, games)
+    state, _ = jax.jit(lambda k: run(init(k), iterations))(jax.random.PRNGKey(0))
+    scores = mt.evaluate_heads(network, state.params, games, b.eval_episodes, seed=10_000)
+    add_rows("multi-dqn", np.array([[s.mean for s in scores]]))
+    summary = []
+    for method in ("multi-dqn", "distilled-nll", "distilled-kl"):
+        seeds = sorted({r["seed"] for r in rows if r["method"] == method})
+        geo = [
+            geometric_mean(
+                r["percent_of_teacher"] for r in rows if r["method"] == method and r["seed"] == s
+            )
+            for s in seeds
+        ]
+        summary.append(
+            {
+                "method": method,
+                "seeds": len(seeds),
+                "geomean_percent_mean": float(np.mean(geo)),
+                "geomean_percent_std": float(np.std(geo)),
+                "paper_percent_3_games": PAPER_MULTITASK[method],
+            }
+        )
+    return {
+        "rows": rows,
+        "summary": summary,
+        "teachers": teachers,
+        "multitask_dqn_steps": dqn_steps,
+        "channels_padded_to": mt.padded_channels(games),
+        "budget": dataclasses.asdict(b),
+    }
+
+
+def multitask_table(result: dict) -> list[dict]:
+    """Per game: mean % of teacher for each method, then the geometric-mean row."""
+    out = []
+    methods = ("multi-dqn", "distilled-nll", "distilled-kl")
+    for t in result["teachers"]:
+        row = {"game": t["game"]}
+        for m in methods:
+            vals = [
+                r["percent_of_teacher"]
+                for r in result["rows"]
+                if r["method"] == m and r["game"] == t["game"]
+            ]
+            row[m] = float(np.mean(vals))
+        out.append(row)
+    geo = {s["method"]: s["geomean_percent_mean"] for s in result["summary"]}
+    out.append({"game": "geometric mean", **geo})
+    out.append({"game": "paper (3 Atari games)", **PAPER_MULTITASK})
+    return out
+
+
+def write_multitask(result: dict, out: str | Path) -> Path:
+    from distill import report
+    from distill.checkpoint import atomic_write_json, atomic_write_text
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "multitask.json", result)
+    atomic_write_text(
+        folder / "multitask.md", report.markdown_table(multitask_table(result)) + "\n"
+    )
+    multitask_figure(result).savefig(folder / "multitask.png", dpi=120)
+    return folder
+
+
+def multitask_figure(result: dict):
+    import matplotlib.pyplot as plt
+
+    table = multitask_table(result)[:-1]
+    methods = ("multi-dqn", "distilled-nll", "distilled-kl")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(table))
+    for i, m in enumerate(methods):
+        ax.bar(x + (i - 1) * 0.27, [r[m] for r in table], width=0.27, label=m)
+    ax.axhline(100, color="grey", ls="--", lw=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["game"].replace("-MinAtar", "") for r in table], fontsize=8)
+    ax.set_ylabel("% of single-game teacher")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------- online
+
+
+def online(b: Budget, env_id: str | None = None, progress: bool = True) -> dict:
+    """Online distillation on one game: teacher and student evaluated after every round."""
+    from distill import online as onl
+
+    env_id = env_id or b.games[0]
+    t_config = teacher.default_config(env_id, total_steps=b.online_teacher_steps)
+    s_config = student.StudentConfig(loss="kl")
+    o_config = onl.OnlineConfig(
+        rounds=b.online_rounds,
+        updates_per_round=max(b.updates // 10, 100),
+        eval_episodes=b.eval_episodes,
+    )
+    return onl.online_distillation(t_config, s_config, o_config, progress=progress)
+
+
+def online_figure(result: dict):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["env_steps"] for r in result["rows"]]
+    ax.plot(steps, [r["teacher_score"] for r in result["rows"]], "o-", ms=3, label="teacher")
+    ax.plot(steps, [r["student_score"] for r in result["rows"]], "s-", ms=3, label="student")
+    ax.set_xlabel("teacher env steps")
+    ax.set_ylabel("evaluation score")
+    ax.set_title(f"online distillation, {result['env_id']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def online_table(result: dict) -> list[dict]:
+    return [{"policy": who, **result[who]} for who in ("teacher", "student")]
+
+
+def write_online(result: dict, out: str | Path) -> Path:
+    from distill import report
+    from distill.checkpoint import atomic_write_json, atomic_write_text
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "online.json", result)
+    atomic_write_text(folder / "online.md", report.markdown_table(online_table(result)) + "\n")
+    online_figure(result).savefig(folder / "online.png", dpi=120)
     return folder

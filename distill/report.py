@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "–"
     if isinstance(v, float):
         if not math.isfinite(v):
             return "–"

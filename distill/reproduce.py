@@ -1,0 +1,231 @@
+"""`distill reproduce`: the paper's experiments end to end, a report beside the paper's numbers.
+
+Stages run in order and each lands in `OUT/<stage>/` with a `stage.json` written last; a re-run
+skips every stage whose `stage.json` says it finished with the same suite and budget, and the
+long steps inside a stage (teachers, datasets) resume from their own checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+from distill import checkpoint, experiments, report
+
+SUITES = {
+    "minatar": {
+        "smoke": experiments.BUDGETS["smoke"],
+        "quick": experiments.BUDGETS["quick"],
+        "full": experiments.BUDGETS["full"],
+    },
+    # Atari budgets are sized for a GPU; the smoke budget runs on a CPU in the tests.
+    "atari": {
+        "smoke": experiments.Budget(
+            "smoke", ("ALE/Pong-v5",), 2_000, 512, 40, 20, 1, 1, None, 0, 0
+        ),
+        "quick": experiments.Budget(
+            "quick", ("ALE/Pong-v5",), 2_000_000, 100_000, 20_000, 5_000, 2, 10, None, 0, 0
+        ),
+        "full": experiments.Budget(
+            "full", ("ALE/Pong-v5",), 2_000_000, 500_000, 100_000, 10_000, 3, 30, None, 0, 0
+        ),
+    },
+}
+
+
+def stages_for(suite: str, b: experiments.Budget) -> list[str]:
+    stages = ["teachers", "losses", "compression"]
+    if len(b.games) > 1:
+        stages.append("multitask")
+    if suite == "minatar" and b.online_rounds:
+        stages.append("online")
+    return stages
+
+
+def _machine() -> dict:
+    import os
+
+    import jax
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def _run_stage(stage: str, b: experiments.Budget, runs_dir: Path, progress: bool) -> dict:
+    if stage == "teachers":
+        rows = []
+        for env_id in b.games:
+            policy = experiments.ensure_teacher(env_id, b, runs_dir, progress)
+            t, r = experiments.reference_scores(policy, b)
+            rows.append(
+                {
+                    "game": env_id,
+                    "teacher": policy.path,
+                    "env_steps": policy.manifest.get("env_steps"),
+                    "teacher_score": t,
+                    "random_score": r,
+                }
+            )
+        return {"rows": rows}
+    if stage == "losses":
+        result = experiments.loss_comparison(b, runs_dir=runs_dir, progress=progress)
+        experiments.write_loss_comparison(result, runs_dir / "losses")
+        return result
+    if stage == "compression":
+        result = experiments.compression(b, runs_dir=runs_dir, progress=progress)
+        experiments.write_compression(result, runs_dir / "compression")
+        return result
+    if stage == "multitask":
+        result = experiments.multitask(b, runs_dir=runs_dir, progress=progress)
+        experiments.write_multitask(result, runs_dir / "multitask")
+        return result
+    if stage == "online":
+        result = experiments.online(b, progress=progress)
+        experiments.write_online(result, runs_dir / "online")
+        return result
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def reproduce(suite: str, budget_name: str, out: str | Path, progress: bool = True) -> Path:
+    """Run (or resume) every stage; write OUT/report.md and OUT/results.json. Returns OUT."""
+    from distill.config import ConfigError
+
+    if suite not in SUITES:
+        raise ConfigError(f"suite={suite!r} is not valid: choose one of {list(SUITES)}")
+    if budget_name not in SUITES[suite]:
+        raise ConfigError(f"budget={budget_name!r} is not valid: choose smoke, quick or full")
+    b = SUITES[suite][budget_name]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = stages_for(suite, b)
+    key = {"suite": suite, "budget": dataclasses.asdict(b)}
+    results, timings = {}, {}
+    for i, stage in enumerate(stages, 1):
+        marker = out / stage / "stage.json"
+        if marker.exists():
+            done = json.loads(marker.read_text())
+            if done.get("key") == key and done.get("status") == "complete":
+                print(f"[{i}/{len(stages)}] {stage}: finished before, skipped", flush=True)
+                results[stage], timings[stage] = done["result"], done["wall_s"]
+                continue
+        print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
+        t0 = time.perf_counter()
+        result = _run_stage(stage, b, out, progress)
+        timings[stage] = round(time.perf_counter() - t0, 1)
+        results[stage] = result
+        checkpoint.atomic_write_json(
+            marker,
+            {"status": "complete", "key": key, "wall_s": timings[stage], "result": result},
+        )
+        print(f"[{i}/{len(stages)}] {stage}: done in {timings[stage]:.0f} s", flush=True)
+    meta = {
+        "suite": suite,
+        "budget": dataclasses.asdict(b),
+        "machine": _machine(),
+        "versions": checkpoint.versions(),
+        "stage_wall_s": timings,
+        "command": f"distill reproduce --suite {suite} --budget {budget_name} --out {out}",
+    }
+    checkpoint.atomic_write_json(out / "results.json", {"meta": meta, "results": results})
+    checkpoint.atomic_write_text(out / "report.md", render_report(meta, results))
+    return out
+
+
+def render_report(meta: dict, results: dict) -> str:
+    """The markdown report: every table beside the paper's numbers, with the run's facts."""
+    b = meta["budget"]
+    lines = [
+        f"# Policy distillation, reproduced: {meta['suite']} suite, {b['name']} budget",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']['platform']}, {meta['machine']['cpus']} CPUs, "
+        f"JAX backend {meta['machine']['jax_backend']}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "",
+        "Budget: " + ", ".join(f"{k}={v}" for k, v in b.items()),
+        "",
+        "Wall time per stage (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in meta["stage_wall_s"].items())
+        + f"; total {sum(meta['stage_wall_s'].values()):.0f}",
+        "",
+        "Scores are mean undiscounted returns under the evaluation protocol (epsilon 0.05; "
+        "no-op starts on Atari, gymnax's randomised starts on MinAtar; the paper used human "
+        "starts on Atari, which are not available here). '% of teacher' = student / teacher; "
+        "'normalised' = (student - random) / (teacher - random).",
+        "",
+    ]
+    if "teachers" in results:
+        lines += ["## Teachers", "", report.markdown_table(results["teachers"]["rows"]), ""]
+    if "losses" in results:
+        summary = experiments.summarise(results["losses"]["rows"], ("game", "loss"))
+        lines += [
+            "## Loss comparison (same-size students)",
+            "",
+            "Paper: KL >= NLL > MSE, and a same-size KL student can beat its teacher "
+            "(independent Pong reimplementation: KL 11.9, NLL 10.9, MSE 8.4).",
+            "",
+            report.markdown_table(
+                summary,
+                [
+                    "game",
+                    "loss",
+                    "seeds",
+                    "score_mean",
+                    "percent_mean",
+                    "percent_std",
+                    "normalised_mean",
+                    "normalised_std",
+                ],
+            ),
+            "",
+            "![loss comparison](losses/loss_comparison.png)",
+            "",
+        ]
+    if "compression" in results:
+        lines += [
+            "## Compression (KL students), geometric mean across games",
+            "",
+            "Paper (10 Atari games): net1 108.3 %, net2 101.7 %, net3 83.9 % of the teacher.",
+            "",
+            report.markdown_table(results["compression"]["summary"]),
+            "",
+            "![compression](compression/compression.png)",
+            "",
+        ]
+    if "multitask" in results:
+        r = results["multitask"]
+        lines += [
+            "## Multi-task distillation",
+            "",
+            f"One network for {len(r['teachers'])} games: a shared trunk, one controller head "
+            f"per game; observations zero-padded to {r['channels_padded_to']} channels. The "
+            f"multi-task DQN trained for {r['multitask_dqn_steps']:,} env steps over all games.",
+            "",
+            report.markdown_table(experiments.multitask_table(r)),
+            "",
+            "![multitask](multitask/multitask.png)",
+            "",
+        ]
+    if "online" in results:
+        r = results["online"]
+        lines += [
+            f"## Online distillation ({r['env_id']})",
+            "",
+            "Paper: the online student matches the teacher and is markedly more stable (no "
+            "numbers given). Spread = std of the evaluation scores over the second half of "
+            "training; worst drop = largest fall between successive evaluations.",
+            "",
+            report.markdown_table(experiments.online_table(r)),
+            "",
+            "![online](online/online.png)",
+            "",
+        ]
+    return "\n".join(lines)
