@@ -39,7 +39,7 @@ MINATAR_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar", "Asterix-MinAtar",
 
 BUDGETS = {
     "smoke": Budget(
-        "smoke", ("Breakout-MinAtar",), 50_000, 8_192, 600, 300, 2, 16, 40_000, 40_000, 4
+        "smoke", ("Breakout-MinAtar",), 50_000, 4_096, 200, 100, 2, 8, 20_000, 20_000, 3
     ),
     "quick": Budget(
         "quick", MINATAR_GAMES, 1_000_000, 65_536, 6_000, 1_000, 3, 50, 1_000_000, 400_000, 20
