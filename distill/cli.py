@@ -180,12 +180,19 @@ def cmd_reproduce(args) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="distill",
         description="Policy distillation workbench (Rusu et al., ICLR 2016).",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("nets", help="the paper's networks and their parameter counts")
     s.add_argument("env_id", help="e.g. ALE/Pong-v5 or Breakout-MinAtar")
