@@ -21,6 +21,7 @@ import io
 import json
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,11 +165,28 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-def read_verified(folder: str | Path, filename: str, manifest: dict | None = None) -> bytes:
-    """The bytes of `folder/filename`, after checking them against the manifest's sha256."""
+def stored_name(name: str, sha: str) -> str:
+    """The file a logical name is stored under: 'params.npz' -> 'params.<sha[:12]>.npz'.
+
+    Content-addressed names mean a rewrite never touches the file the current manifest points
+    to, so a crash at any moment leaves the previous checkpoint intact.
+    """
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}.{sha[:12]}{dot}{suffix}"
+
+
+def path_of(folder: str | Path, filename: str, manifest: dict | None = None) -> Path:
+    """Where the manifest says logical file `filename` is stored."""
     folder = Path(folder)
     manifest = manifest if manifest is not None else read_manifest(folder)
-    path = folder / filename
+    return folder / manifest.get("paths", {}).get(filename, filename)
+
+
+def read_verified(folder: str | Path, filename: str, manifest: dict | None = None) -> bytes:
+    """The bytes of logical file `filename`, after checking them against the manifest's sha256."""
+    folder = Path(folder)
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    path = path_of(folder, filename, manifest)
     expected = manifest["files"].get(filename)
     if expected is None:
         raise CheckpointError(f"{path}: not listed in {folder / MANIFEST}")
@@ -182,31 +200,57 @@ def read_verified(folder: str | Path, filename: str, manifest: dict | None = Non
     return data
 
 
-def write_checkpoint(folder: str | Path, files: dict[str, bytes], manifest: dict) -> None:
-    """Write files, then a manifest listing their checksums (the manifest is the commit point).
+def write_checkpoint(
+    folder: str | Path, files: dict[str, bytes], manifest: dict, drop: tuple[str, ...] = ()
+) -> None:
+    """Write files under content-addressed names, then the manifest (the commit point).
 
-    Files already listed in an existing manifest and not rewritten keep their entries.
+    Files listed in an existing manifest and not rewritten keep their entries, unless named in
+    `drop`. Only after the new manifest is in place are files it no longer lists deleted, so a
+    process killed at any moment leaves a complete checkpoint: the old one or the new one.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    listed = {}
+    listed, paths = {}, {}
     if (folder / MANIFEST).is_file():
         try:
-            listed = dict(read_manifest(folder).get("files", {}))
+            old = read_manifest(folder)
+            listed = dict(old.get("files", {}))
+            paths = {n: old.get("paths", {}).get(n, n) for n in listed}
         except CheckpointError:
-            listed = {}
+            listed, paths = {}, {}
+    for name in drop:
+        listed.pop(name, None)
+        paths.pop(name, None)
     for name, data in files.items():
-        atomic_write_bytes(folder / name, data)
-        listed[name] = sha256_bytes(data)
-    listed = {n: h for n, h in listed.items() if (folder / n).is_file()}
+        sha = sha256_bytes(data)
+        target = stored_name(name, sha)
+        if not (folder / target).is_file() or sha256_file(folder / target) != sha:
+            atomic_write_bytes(folder / target, data)
+        listed[name], paths[name] = sha, target
+    listed = {n: h for n, h in listed.items() if (folder / paths[n]).is_file()}
+    paths = {n: paths[n] for n in listed}
     manifest = {
         **manifest,
         "format_version": FORMAT_VERSION,
         "files": listed,
+        "paths": paths,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": versions(),
     }
     atomic_write_json(folder / MANIFEST, manifest)
+    # the old versions of rewritten or dropped files are garbage now
+    keep = set(paths.values()) | {MANIFEST}
+    for name in {*files, *drop}:
+        stem, _, suffix = name.partition(".")
+        for candidate in folder.glob(f"{stem}*{suffix}"):
+            if candidate.name not in keep and (
+                candidate.name == name
+                or re.fullmatch(
+                    rf"{re.escape(stem)}\.[0-9a-f]{{12}}\.{re.escape(suffix)}", candidate.name
+                )
+            ):
+                candidate.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- policies
@@ -285,7 +329,7 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
         jax.random.PRNGKey(0),
     )
     data = read_verified(folder, PARAMS, manifest)
-    params = pytree_from_bytes(data, template, str(folder / PARAMS))
+    params = pytree_from_bytes(data, template, str(path_of(folder, PARAMS, manifest)))
     return Policy(
         env_id=spec.env_id,
         net=manifest["net"],

@@ -165,7 +165,7 @@ def generate(
     elif resume and folder.exists() and any(folder.iterdir()):
         raise CheckpointError(f"{folder}: no {checkpoint.MANIFEST}; nothing to resume")
 
-    def write(status: str, files: dict[str, bytes], extra: dict) -> None:
+    def write(status: str, files: dict[str, bytes], extra: dict, drop=()) -> None:
         manifest = {
             "kind": "dataset",
             "env_id": spec.env_id,
@@ -180,7 +180,7 @@ def generate(
             "num_envs": config.num_envs,
             **extra,
         }
-        checkpoint.write_checkpoint(folder, files, manifest)
+        checkpoint.write_checkpoint(folder, files, manifest, drop)
 
     from tqdm.auto import tqdm
 
@@ -223,8 +223,7 @@ def generate(
                 )
     finally:
         bar.close()
-    (folder / GENERATOR_STATE).unlink(missing_ok=True)
-    write("complete", {}, {"wall_s": round(time.perf_counter() - start, 3)})
+    write("complete", {}, {"wall_s": round(time.perf_counter() - start, 3)}, (GENERATOR_STATE,))
     return folder
 
 
@@ -250,7 +249,9 @@ def _generate_gymnax(
     state = init(jax.random.PRNGKey(config.seed))
     if shards:
         data = checkpoint.read_verified(folder, GENERATOR_STATE)
-        state = checkpoint.pytree_from_bytes(data, state, str(folder / GENERATOR_STATE))
+        state = checkpoint.pytree_from_bytes(
+            data, state, str(checkpoint.path_of(folder, GENERATOR_STATE))
+        )
     while len(shards) < num_shards:
         done_rows = sum(_shard_rows(s) for s in shards)
         rows = min(per_shard, total_rows - done_rows)

@@ -237,7 +237,7 @@ def make_atari(
     rewards and whole games. `batch_size < num_envs` turns on the asynchronous send/recv mode.
     Observations: uint8 `[batch, 4, 84, 84]`.
     """
-    from ale_py.vector_env import AtariVectorEnv
+    from ale_py.vector_env import AtariVectorEnv, AutoresetMode
 
     rom = ale_game(env_id)
     if num_envs < 1 or not 0 <= batch_size <= num_envs:
@@ -260,4 +260,7 @@ def make_atari(
         repeat_action_probability=0.0,
         reward_clipping=training,
         episodic_life=training,
+        # the observation returned with done=True is already the next episode's first, as in
+        # gymnax: replay and datasets then never hold a transition across an episode boundary
+        autoreset_mode=AutoresetMode.SAME_STEP,
     )

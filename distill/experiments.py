@@ -42,7 +42,7 @@ BUDGETS = {
         "smoke", ("Breakout-MinAtar",), 50_000, 4_096, 200, 100, 2, 8, 20_000, 20_000, 3
     ),
     "quick": Budget(
-        "quick", MINATAR_GAMES, 1_000_000, 65_536, 6_000, 1_000, 3, 50, 1_000_000, 400_000, 20
+        "quick", MINATAR_GAMES, 1_000_000, 32_768, 1_500, 500, 2, 32, 400_000, 200_000, 10
     ),
     "full": Budget(
         "full", MINATAR_GAMES, 1_000_000, 262_144, 30_000, 2_500, 5, 100, None, 1_000_000, 50
@@ -78,11 +78,20 @@ def ensure_dataset(policy, b: Budget, runs_dir: Path, progress: bool = True) -> 
     return dataset.load_dataset(str(out), env_id=policy.env_id)
 
 
+# Results already computed in this process, so that the stages of `distill reproduce` (and the
+# cells of a notebook) share them instead of recomputing: the same students and the same
+# reference evaluations appear in the loss comparison, the compression sweep and the report.
+_MEMO: dict[tuple, object] = {}
+
+
 def reference_scores(policy, b: Budget) -> tuple[float, float]:
     """(teacher, random) mean scores under the evaluation protocol, same episodes and seed."""
-    t = evaluate.evaluate_policy(policy, b.eval_episodes, seed=10_000).mean
-    r = evaluate.evaluate_random(policy.env_id, b.eval_episodes, seed=10_000).mean
-    return t, r
+    key = ("reference", policy.manifest["files"][checkpoint.PARAMS], b.eval_episodes)
+    if key not in _MEMO:
+        t = evaluate.evaluate_policy(policy, b.eval_episodes, seed=10_000).mean
+        r = evaluate.evaluate_random(policy.env_id, b.eval_episodes, seed=10_000).mean
+        _MEMO[key] = (t, r)
+    return _MEMO[key]
 
 
 def distil_seeds(config: student.StudentConfig, data: dataset.Dataset, seeds: int):
@@ -92,6 +101,9 @@ def distil_seeds(config: student.StudentConfig, data: dataset.Dataset, seeds: in
     Atari envs live on the host, so there only the final students are evaluated (after the
     compiled run) and earlier blocks' scores are nan.
     """
+    memo_key = ("distil", config, data.path, tuple(sorted(data.manifest["files"].items())), seeds)
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
     distiller = student.make_distill(config, data.env_id, data.stack)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
     in_graph = not envs.spec(data.env_id).is_atari
@@ -111,6 +123,7 @@ def distil_seeds(config: student.StudentConfig, data: dataset.Dataset, seeds: in
                 distiller.network.apply, params, data.env_id, config.eval_episodes, seed=s
             ).mean
         metrics = metrics._replace(score=score)
+    _MEMO[memo_key] = (distiller, state, metrics)
     return distiller, state, metrics
 
 

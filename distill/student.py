@@ -55,12 +55,18 @@ class StudentConfig:
         for name in ("updates", "batch_size", "eval_every", "eval_episodes"):
             positive_int(name, getattr(self, name))
         require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        require(
+            self.updates % self.eval_every == 0,
+            "updates",
+            self.updates,
+            f"must be a multiple of eval_every={self.eval_every} (whole evaluation blocks)",
+        )
         in_range("lr", self.lr, 1e-8, 1.0)
         require(isinstance(self.seed, int), "seed", self.seed, "must be an integer")
 
     @property
     def blocks(self) -> int:
-        return -(-self.updates // self.eval_every)
+        return self.updates // self.eval_every
 
 
 class StudentState(NamedTuple):
@@ -203,7 +209,9 @@ def fit(
                 f"{folder / checkpoint.MANIFEST}: was made with another config or dataset"
             )
         raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
-        state = checkpoint.pytree_from_bytes(raw, state, str(folder / checkpoint.TRAIN_STATE))
+        state = checkpoint.pytree_from_bytes(
+            raw, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
+        )
         rows = list(manifest.get("metrics", []))
     elif resume and folder.exists() and any(folder.iterdir()):
         raise CheckpointError(f"{folder}: no {checkpoint.MANIFEST}; nothing to resume")
@@ -244,8 +252,8 @@ def fit(
                 loss = float(m.loss[0])
                 if not np.isfinite(loss):
                     raise FloatingPointError(
-                        f"non-finite {config.loss} loss at update {int(state.updates)}; the last "
-                        f"good checkpoint in {folder} is kept"
+                        f"non-finite {config.loss} loss at update {int(state.updates)}; "
+                        f"{folder} keeps the last good checkpoint, if one was written"
                     )
                 score = float(m.score[0])
                 if spec.is_atari:
@@ -284,10 +292,10 @@ def fit(
     finally:
         bar.close()
     final = rows[-1]["score"] if rows else float("nan")
-    (folder / checkpoint.TRAIN_STATE).unlink(missing_ok=True)
     checkpoint.write_checkpoint(
         folder,
         {checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params)},
         manifest_for("complete", {"final_score": final}),
+        drop=(checkpoint.TRAIN_STATE,),
     )
     return checkpoint.load(folder)

@@ -393,7 +393,9 @@ def fit(
                 f"{manifest_path}: was made with another config; resume with the same options"
             )
         data = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
-        state = checkpoint.pytree_from_bytes(data, state, str(folder / checkpoint.TRAIN_STATE))
+        state = checkpoint.pytree_from_bytes(
+            data, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
+        )
         rows = list(manifest.get("metrics", []))
         wall_before = float(manifest.get("wall_s", 0.0))
     elif resume and folder.exists() and any(folder.iterdir()):
@@ -416,9 +418,10 @@ def fit(
             wall_s=round(wall, 3),
             metrics=rows,
         )
-        files = {checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params)}
-        if status != "complete":
-            files[checkpoint.TRAIN_STATE] = checkpoint.pytree_to_bytes(state)
+        files = {
+            checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params),
+            checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(state),
+        }
         checkpoint.write_checkpoint(folder, files, manifest)
         runs.write_metrics(folder, rows)
 
@@ -470,7 +473,6 @@ def fit(
         trainer.network.apply, state.params, config.env_id, eval_episodes, seed=config.seed + 1
     )
     random_scores = evaluate.evaluate_random(config.env_id, eval_episodes, seed=config.seed + 1)
-    rows_final = rows
     manifest = checkpoint.policy_manifest(
         "teacher",
         config.env_id,
@@ -481,15 +483,15 @@ def fit(
         env_steps=done * config.num_envs,
         chunk_iterations=chunk_iterations,
         wall_s=round(wall, 3),
-        metrics=rows_final,
+        metrics=rows,
         evaluation=scores.summary(),
         random_evaluation=random_scores.summary(),
     )
-    (folder / checkpoint.TRAIN_STATE).unlink(missing_ok=True)
     checkpoint.write_checkpoint(
         folder,
         {checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params)},
         manifest,
+        drop=(checkpoint.TRAIN_STATE,),
     )
     runs.write_metrics(folder, rows)
     return checkpoint.load(folder)
@@ -589,7 +591,9 @@ def fit_atari(
                 "same options"
             )
         data = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
-        state = checkpoint.pytree_from_bytes(data, state, str(folder / checkpoint.TRAIN_STATE))
+        state = checkpoint.pytree_from_bytes(
+            data, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
+        )
         # The episodes in flight are lost with the emulators: cut them in replay.
         last = (state.replay.pos - 1) % rows
         state = state._replace(
@@ -612,11 +616,12 @@ def fit_atari(
             **(extra or {}),
         )
         files = {checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params)}
+        drop = ()
         if status != "complete":
             files[checkpoint.TRAIN_STATE] = checkpoint.pytree_to_bytes(state)
         else:
-            (folder / checkpoint.TRAIN_STATE).unlink(missing_ok=True)
-        checkpoint.write_checkpoint(folder, files, manifest)
+            drop = (checkpoint.TRAIN_STATE,)
+        checkpoint.write_checkpoint(folder, files, manifest, drop)
         runs.write_metrics(folder, metrics)
 
     env = envs.make_atari(config.env_id, n, training=True)

@@ -52,7 +52,9 @@ def test_atomic_write_json_roundtrip(tmp_path):
 def test_save_and_load_roundtrip(saved, params):
     manifest = checkpoint.read_manifest(saved)
     assert set(manifest["files"]) == {checkpoint.PARAMS}
-    assert manifest["files"][checkpoint.PARAMS] == checkpoint.sha256_file(saved / checkpoint.PARAMS)
+    assert manifest["files"][checkpoint.PARAMS] == checkpoint.sha256_file(
+        checkpoint.path_of(saved, checkpoint.PARAMS)
+    )
     assert manifest["format_version"] == checkpoint.FORMAT_VERSION
     assert "jax" in manifest["versions"]
     policy = distill.load(saved)
@@ -71,7 +73,7 @@ def test_save_and_load_roundtrip(saved, params):
 
 
 def test_flipped_byte_is_a_checksum_error(saved):
-    path = saved / checkpoint.PARAMS
+    path = checkpoint.path_of(saved, checkpoint.PARAMS)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -81,7 +83,7 @@ def test_flipped_byte_is_a_checksum_error(saved):
 
 
 def test_truncated_file_is_a_checksum_error(saved):
-    path = saved / checkpoint.PARAMS
+    path = checkpoint.path_of(saved, checkpoint.PARAMS)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="checksum") as err:
         distill.load(saved)
@@ -89,10 +91,11 @@ def test_truncated_file_is_a_checksum_error(saved):
 
 
 def test_missing_params_file(saved):
-    (saved / checkpoint.PARAMS).unlink()
+    path = checkpoint.path_of(saved, checkpoint.PARAMS)
+    path.unlink()
     with pytest.raises(CheckpointError, match="missing") as err:
         distill.load(saved)
-    assert str(saved / checkpoint.PARAMS) in str(err.value)
+    assert str(path) in str(err.value)
 
 
 def test_missing_manifest_names_the_folder(saved):
@@ -134,7 +137,7 @@ def test_manifest_with_another_net_mentions_shape(tmp_path, params):
     checkpoint.save_policy(folder, params, manifest)
     with pytest.raises(CheckpointError, match="shape") as err:
         distill.load(folder)
-    assert str(folder / checkpoint.PARAMS) in str(err.value)
+    assert str(checkpoint.path_of(folder, checkpoint.PARAMS)) in str(err.value)
 
 
 def test_manifest_with_wrong_action_count(tmp_path, params):
@@ -186,7 +189,7 @@ def test_write_checkpoint_keeps_and_drops_listed_files(tmp_path):
     files = checkpoint.read_manifest(folder)["files"]
     assert set(files) == {"a.bin", "b.bin"}  # b.bin kept its entry
     assert checkpoint.read_verified(folder, "a.bin") == b"a2"
-    (folder / "b.bin").unlink()
+    checkpoint.path_of(folder, "b.bin").unlink()
     checkpoint.write_checkpoint(folder, {}, {"kind": "x"})
     assert set(checkpoint.read_manifest(folder)["files"]) == {"a.bin"}
     with pytest.raises(CheckpointError, match="not listed"):

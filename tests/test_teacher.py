@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import distill
-from distill import evaluate, runs, teacher
+from distill import checkpoint, evaluate, runs, teacher
 from distill.config import ConfigError
 
 ENV = "CartPole-v1"
@@ -213,7 +213,8 @@ def test_fit_teacher_beats_random(cartpole_teacher):
 def test_fit_writes_a_finished_checkpoint(cartpole_teacher):
     folder, policy = cartpole_teacher
     names = {p.name for p in folder.iterdir()}
-    assert names == {"manifest.json", "params.npz", "metrics.csv", "metrics.json"}
+    params_file = checkpoint.path_of(folder, "params.npz").name
+    assert names == {"manifest.json", params_file, "metrics.csv", "metrics.json"}
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["env_steps"] == 60_000
@@ -290,7 +291,7 @@ def test_fit_interrupted_then_resumed_is_bit_identical(tmp_path, monkeypatch, fa
     manifest = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["env_steps"] == CHUNK * 8
     assert set(manifest["files"]) == {"params.npz", "train_state.npz"}
-    assert (tmp_path / "cut" / "train_state.npz").is_file()
+    assert checkpoint.path_of(tmp_path / "cut", "train_state.npz").is_file()
     assert len(json.loads((tmp_path / "cut" / "metrics.json").read_text())) == 1
 
     with pytest.raises(ConfigError, match="--resume"):
@@ -304,11 +305,11 @@ def test_fit_interrupted_then_resumed_is_bit_identical(tmp_path, monkeypatch, fa
     for folder in ("cut", "whole"):
         manifest = json.loads((tmp_path / folder / "manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["env_steps"] == config.total_steps
-        assert not (tmp_path / folder / "train_state.npz").exists()
+        assert not list((tmp_path / folder).glob("train_state*.npz"))
         assert len(manifest["metrics"]) == config.iterations // CHUNK
     cut, full = (
-        npz_arrays(tmp_path / "cut" / "params.npz"),
-        npz_arrays(tmp_path / "whole" / "params.npz"),
+        npz_arrays(checkpoint.path_of(tmp_path / "cut", "params.npz")),
+        npz_arrays(checkpoint.path_of(tmp_path / "whole", "params.npz")),
     )
     assert cut.keys() == full.keys()
     for name in cut:

@@ -1,0 +1,224 @@
+"""Experiments: score normalisation and the geometric mean against hand values, summaries and
+tables, budgets, the teacher and dataset caches, and a tiny end-to-end loss comparison on
+CartPole with the shared teacher. Its dataset and students have the shapes of conftest's dataset
+and test_student.py's runs, so the compiled programs are shared within a session.
+"""
+
+import dataclasses
+import json
+import math
+import shutil
+
+import matplotlib
+import numpy as np
+import pytest
+from conftest import DATASET_CONFIG, ENV
+
+from distill import experiments, report
+
+matplotlib.use("Agg")
+
+TINY = experiments.Budget(
+    name="t",
+    games=(ENV,),
+    teacher_steps=60_000,
+    dataset_states=DATASET_CONFIG.states,
+    updates=2_000,
+    eval_every=1_000,
+    seeds=2,
+    eval_episodes=20,
+    multitask_dqn_steps=None,
+    online_teacher_steps=60_000,
+    online_rounds=2,
+)
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def test_percent_of_teacher():
+    assert experiments.percent_of_teacher(50.0, 200.0) == 25.0
+    assert experiments.percent_of_teacher(216.6, 200.0) == pytest.approx(108.3)
+    assert experiments.percent_of_teacher(-3.0, -6.0) == 50.0
+    assert math.isnan(experiments.percent_of_teacher(5.0, 0.0))
+
+
+def test_random_normalised():
+    assert experiments.random_normalised(60.0, 110.0, 10.0) == 0.5
+    assert experiments.random_normalised(10.0, 110.0, 10.0) == 0.0
+    assert experiments.random_normalised(110.0, 110.0, 10.0) == 1.0
+    assert experiments.random_normalised(-21.0, 0.0, -21.0) == 0.0  # Pong: random loses 21-0
+    assert experiments.random_normalised(130.0, 110.0, 10.0) == pytest.approx(1.2)
+    assert math.isnan(experiments.random_normalised(5.0, 7.0, 7.0))
+
+
+def test_geometric_mean_of_the_papers_compression_results():
+    values = [108.3, 101.7, 83.9]
+    want = (108.3 * 101.7 * 83.9) ** (1 / 3)
+    assert experiments.geometric_mean(values) == pytest.approx(want, rel=1e-12)
+    assert experiments.geometric_mean(values) == pytest.approx(97.4, abs=0.05)
+    assert experiments.geometric_mean(np.array([2.0, 8.0])) == pytest.approx(4.0)
+    assert experiments.geometric_mean(v for v in (3.0,)) == pytest.approx(3.0)  # any iterable
+
+
+@pytest.mark.parametrize(
+    "values", [[100.0, 0.0], [100.0, -5.0], [], [100.0, float("nan")], [float("inf"), 1.0]]
+)
+def test_geometric_mean_undefined_is_nan(values):
+    assert math.isnan(experiments.geometric_mean(values))
+
+
+def test_summarise_groups_and_averages():
+    rows = [
+        {"game": "A", "loss": "kl", "score": 10.0, "percent_of_teacher": 90.0},
+        {"game": "A", "loss": "kl", "score": 14.0, "percent_of_teacher": 110.0},
+        {"game": "A", "loss": "mse", "score": 4.0, "percent_of_teacher": 40.0},
+        {"game": "B", "loss": "kl", "score": 7.0, "percent_of_teacher": 70.0},
+    ]
+    for r in rows:
+        r["random_normalised"] = r["percent_of_teacher"] / 100 - 0.1
+    summary = experiments.summarise(rows, ("game", "loss"))
+    assert [(s["game"], s["loss"], s["seeds"]) for s in summary] == [
+        ("A", "kl", 2),
+        ("A", "mse", 1),
+        ("B", "kl", 1),
+    ]
+    a_kl = summary[0]
+    assert a_kl["score_mean"] == 12.0
+    assert a_kl["percent_mean"] == pytest.approx(100.0) and a_kl["percent_std"] == pytest.approx(
+        10.0
+    )
+    assert a_kl["normalised_mean"] == pytest.approx(0.9)
+    assert a_kl["normalised_std"] == pytest.approx(0.1)
+    assert summary[1]["percent_std"] == 0.0
+    by_loss = experiments.summarise(rows, ("loss",))
+    assert [(s["loss"], s["seeds"]) for s in by_loss] == [("kl", 3), ("mse", 1)]
+    assert by_loss[0]["percent_mean"] == pytest.approx(90.0)
+    assert experiments.summarise([], ("game",)) == []
+
+
+def test_markdown_table():
+    rows = [
+        {"game": "Pong", "loss": "kl", "score": 1234.5, "percent": 97.44, "ratio": 0.5},
+        {"game": "Breakout", "loss": "mse", "score": float("nan"), "percent": 8.0, "ratio": -0.25},
+    ]
+    lines = report.markdown_table(rows, ["game", "loss", "score", "percent", "ratio"]).splitlines()
+    assert lines == [
+        "| game | loss | score | percent | ratio |",
+        "|---|---|---|---|---|",
+        "| Pong | kl | 1,234.5 | 97.4 | 0.50 |",
+        "| Breakout | mse | – | 8.00 | -0.25 |",
+    ]
+    # columns default to the first row's keys; a missing value is an empty cell
+    assert report.markdown_table([{"a": 1, "b": "x"}, {"a": 2}]).splitlines() == [
+        "| a | b |",
+        "|---|---|",
+        "| 1 | x |",
+        "| 2 |  |",
+    ]
+    assert report.markdown_table([]) == "(no rows)"
+
+
+def test_budgets():
+    with pytest.raises(ValueError, match="budget='nope'.*smoke"):
+        experiments.budget("nope")
+    smoke, quick, full = (experiments.budget(n) for n in ("smoke", "quick", "full"))
+    assert smoke.name == "smoke" and smoke.games == ("Breakout-MinAtar",)
+    assert quick.games == full.games == experiments.MINATAR_GAMES
+    for b in (smoke, quick, full):
+        assert b.updates % b.eval_every == 0 and b.seeds >= 2
+    assert smoke.updates < quick.updates < full.updates
+
+
+# ---------------------------------------------------------------------------- ingredients
+
+
+def test_ensure_teacher_prefers_the_shipped_one(tmp_path, monkeypatch, trained_cartpole):
+    shipped = tmp_path / "data" / "teachers" / "CartPole-v1"
+    shutil.copytree(trained_cartpole[0], shipped)
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "data"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a shipped teacher must not be retrained")
+
+    monkeypatch.setattr(experiments.teacher, "fit", no_training)
+    policy = experiments.ensure_teacher(ENV, TINY, tmp_path / "runs", progress=False)
+    assert policy.path == str(shipped) and policy.kind == "teacher"
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, trained_cartpole):
+    """loss_comparison at the TINY budget with the shared teacher: (result, runs_dir)."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(experiments, "ensure_teacher", lambda *a, **k: trained_cartpole[1])
+        result = experiments.loss_comparison(TINY, runs_dir=runs_dir, progress=False)
+    return result, runs_dir
+
+
+def test_ensure_dataset_generates_once(comparison, trained_cartpole, cartpole_dataset):
+    _, runs_dir = comparison
+    _, policy = trained_cartpole
+    sha = policy.manifest["files"]["params.npz"][:10]
+    folder = runs_dir / "datasets" / f"CartPole-v1_{sha}_40000"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["config"] == dataclasses.asdict(DATASET_CONFIG)
+    # the same teacher, config and seed: the same shards as conftest's dataset, bit for bit
+    shared = json.loads((cartpole_dataset / "manifest.json").read_text())
+    assert manifest["files"] == shared["files"]
+    stamp = (folder / "manifest.json").stat().st_mtime_ns
+    data = experiments.ensure_dataset(policy, TINY, runs_dir, progress=False)
+    assert (folder / "manifest.json").stat().st_mtime_ns == stamp  # reused, not regenerated
+    assert data.path == str(folder) and data.q.shape == (625, 64, 2)
+
+
+def test_loss_comparison_rows_and_curves(comparison):
+    result, _ = comparison
+    rows, curves = result["rows"], result["curves"]
+    assert len(rows) == 1 * 3 * 2  # games x losses x seeds
+    assert [(r["loss"], r["seed"]) for r in rows] == [
+        (loss, seed) for loss in ("nll", "mse", "kl") for seed in (0, 1)
+    ]
+    [t] = result["teachers"]
+    assert t["game"] == ENV and t["teacher_score"] > 2 * t["random_score"] > 0
+    for r in rows:
+        assert r["game"] == ENV and r["net"] == "teacher"
+        assert np.isfinite(r["score"]) and 0 <= r["agreement"] <= 1
+        assert r["percent_of_teacher"] == pytest.approx(100 * r["score"] / t["teacher_score"])
+        assert r["random_normalised"] == pytest.approx(
+            (r["score"] - t["random_score"]) / (t["teacher_score"] - t["random_score"])
+        )
+    assert len(curves) == 3 and [c["loss"] for c in curves] == ["nll", "mse", "kl"]
+    for c in curves:
+        assert c["updates"] == [1_000, 2_000]
+        assert len(c["score_mean"]) == len(c["score_std"]) == 2
+        final = [r["score"] for r in rows if r["loss"] == c["loss"]]
+        assert c["score_mean"][-1] == pytest.approx(np.mean(final))
+    assert result["budget"]["name"] == "t" and result["budget"]["games"] == (ENV,)
+
+
+def test_write_loss_comparison(tmp_path, comparison):
+    import matplotlib.pyplot as plt
+
+    folder = experiments.write_loss_comparison(comparison[0], tmp_path / "out")
+    plt.close("all")
+    assert folder == tmp_path / "out"
+    assert {p.name for p in folder.iterdir()} == {
+        "loss_comparison.json",
+        "loss_comparison.md",
+        "loss_comparison.png",
+    }
+    saved = json.loads((folder / "loss_comparison.json").read_text())
+    assert len(saved["rows"]) == 6 and len(saved["curves"]) == 3
+    assert [(s["game"], s["loss"], s["seeds"]) for s in saved["summary"]] == [
+        (ENV, loss, 2) for loss in ("nll", "mse", "kl")
+    ]
+    lines = (folder / "loss_comparison.md").read_text().splitlines()
+    assert lines[0].startswith("| game | loss | seeds | score_mean | percent_mean |")
+    assert len(lines) == 2 + 3
+    assert (folder / "loss_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
