@@ -74,6 +74,12 @@ def stack_of(spec: envs.EnvSpec) -> int:
     return spec.obs_shape[0] if spec.is_atari else 1
 
 
+def same_source(a: dict | None, b: dict | None) -> bool:
+    """Two fingerprints name the same source when all but their `path` agree (folders move)."""
+    strip = lambda d: {k: v for k, v in (d or {}).items() if k != "path"}  # noqa: E731
+    return a is not None and b is not None and strip(a) == strip(b)
+
+
 def teacher_fingerprint(policy) -> dict:
     """What identifies a teacher: env, network and the sha256 of its parameter file."""
     return {
@@ -154,7 +160,9 @@ def generate(
             raise ConfigError(
                 f"out={out!r} holds an unfinished dataset; pass --resume or choose another --out"
             )
-        if manifest.get("teacher") != fingerprint or manifest.get("config") != config_dict:
+        if not same_source(manifest.get("teacher"), fingerprint) or (
+            manifest.get("config") != config_dict
+        ):
             raise CheckpointError(
                 f"{folder / checkpoint.MANIFEST}: was made from another teacher or config; "
                 "resume with the same teacher and options"

@@ -65,6 +65,17 @@ def ensure_teacher(env_id: str, b: Budget, runs_dir: Path, progress: bool = True
     if (shipped / checkpoint.MANIFEST).exists():
         return checkpoint.load(shipped, env_id=env_id)
     out = runs_dir / "teachers" / f"{envs.spec(env_id).safe_name}_{b.teacher_steps}"
+    if envs.spec(env_id).is_atari:
+        preset = teacher.default_config(env_id)
+        config = teacher.default_config(
+            env_id,
+            total_steps=b.teacher_steps,
+            buffer_size=min(preset.buffer_size, max(b.teacher_steps, 1_000)),
+            learning_starts=min(preset.learning_starts, b.teacher_steps // 2),
+        )
+        return teacher.fit_atari(
+            config, str(out), resume=True, progress=progress, eval_episodes=b.eval_episodes
+        )
     config = teacher.default_config(env_id, total_steps=b.teacher_steps)
     return teacher.fit(config, str(out), resume=True, progress=progress)
 

@@ -106,7 +106,8 @@ def reproduce(suite: str, budget_name: str, out: str | Path, progress: bool = Tr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = stages_for(suite, b)
-    key = {"suite": suite, "budget": dataclasses.asdict(b)}
+    # as it reads back from JSON (tuples become lists), to compare with finished stages' keys
+    key = json.loads(json.dumps({"suite": suite, "budget": dataclasses.asdict(b)}))
     results, timings = {}, {}
     for i, stage in enumerate(stages, 1):
         marker = out / stage / "stage.json"

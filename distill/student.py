@@ -204,7 +204,9 @@ def fit(
             raise ConfigError(
                 f"out={out!r} holds an unfinished student; pass --resume or choose another --out"
             )
-        if manifest.get("config") != config_dict or manifest.get("dataset") != fingerprint:
+        if manifest.get("config") != config_dict or not dataset.same_source(
+            manifest.get("dataset"), fingerprint
+        ):
             raise CheckpointError(
                 f"{folder / checkpoint.MANIFEST}: was made with another config or dataset"
             )

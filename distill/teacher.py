@@ -3,9 +3,11 @@
 On gymnax envs (MinAtar, CartPole) a whole training run is one `lax.scan`:
 `make_train(config).train(key)` can be `jax.jit`-ed whole and `jax.vmap`-ed over seeds. The same
 pieces run in chunks (`init`, then `run(state, iterations)`) so the CLI can show progress, write
-checkpoints and resume. On Atari (`train_atari`) the same jitted update runs in a host loop
-around ale-py's `AtariVectorEnv`. References: Mnih et al. (2015) DQN; van Hasselt et al. (2016)
-double DQN; Hessel et al. (2018) for n-step returns; Ba et al. (2016) LayerNorm in MinAtar nets.
+checkpoints and resume. On Atari (`fit_atari`) the same jitted update runs in a host loop
+around ale-py's `AtariVectorEnv`. Episode ends by time limit are treated as terminal (the
+observation after a reset is not the truncated state's successor). References: Mnih et al.
+(2015) DQN; van Hasselt et al. (2016) double DQN; Hessel et al. (2018) for n-step returns;
+Ba et al. (2016) LayerNorm in MinAtar nets.
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ def make_train(config: DQNConfig) -> Trainer:
     """Build the pure training functions for a gymnax env (MinAtar, CartPole)."""
     spec = envs.spec(config.env_id)
     if spec.is_atari:
-        raise ConfigError(f"env_id={config.env_id!r}: Atari teachers train with train_atari")
+        raise ConfigError(f"env_id={config.env_id!r}: Atari teachers train with fit_atari")
     env = envs.make(config.env_id)
     network = networks.build(config.net, spec.obs_shape, spec.num_actions)
     apply_fn = network.apply

@@ -236,3 +236,31 @@ def test_param_table_minatar():
         "paper_percent": 100.0,
     }
     assert all(r["params"] < rows[0]["params"] for r in rows[1:])
+
+
+# ---------------------------------------------------------------------------- convolution
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride",
+    [((2, 10, 10, 6), 3, 1), ((2, 84, 84, 4), 8, 4), ((2, 20, 20, 8), 4, 2)],
+)
+def test_conv_matches_flax_conv_values_and_gradients(shape, kernel, stride):
+    """networks.Conv: the same function and gradients as nn.Conv (its backward is im2col)."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    ref = nn.Conv(8, (kernel, kernel), (stride, stride), padding="VALID")
+    ours = networks.Conv(8, kernel, stride)
+    params = ref.init(jax.random.PRNGKey(1), x)
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

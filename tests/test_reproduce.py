@@ -1,0 +1,65 @@
+"""`distill reproduce` end to end at the smoke budget: every stage, the report, and a re-run that
+skips finished stages. The MinAtar suite uses the shipped teachers; the Atari suite trains a tiny
+Pong teacher (a smoke budget checks the plumbing, not the scores)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill import cli, reproduce
+from distill.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def minatar_smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "minatar"
+    reproduce.reproduce("minatar", "smoke", out, progress=False)
+    return out
+
+
+def test_report_and_results_are_written(minatar_smoke):
+    report = (minatar_smoke / "report.md").read_text()
+    for heading in ("## Teachers", "## Loss comparison", "## Compression", "## Online"):
+        assert heading in report
+    assert "108.3" in report  # the paper's numbers stand beside ours
+    results = json.loads((minatar_smoke / "results.json").read_text())
+    assert set(results["results"]) == {"teachers", "losses", "compression", "online"}
+    assert results["meta"]["command"].startswith("distill reproduce --suite minatar")
+    for png in ("losses/loss_comparison.png", "compression/compression.png", "online/online.png"):
+        assert (minatar_smoke / png).stat().st_size > 1000
+
+
+def test_shipped_teacher_plays_far_above_random(minatar_smoke):
+    results = json.loads((minatar_smoke / "results.json").read_text())
+    (row,) = results["results"]["teachers"]["rows"]
+    assert row["teacher"].endswith("data/teachers/Breakout-MinAtar")
+    assert row["teacher_score"] > row["random_score"] + 3
+
+
+def test_rerun_skips_finished_stages(minatar_smoke, capsys):
+    assert (
+        cli.main(
+            ["reproduce", "--suite", "minatar", "--budget", "smoke", "--out", str(minatar_smoke)]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("finished before, skipped") == 4
+
+
+def test_atari_suite_smoke(tmp_path):
+    out = reproduce.reproduce("atari", "smoke", tmp_path / "atari", progress=False)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == {"teachers", "losses", "compression"}
+    rows = results["results"]["compression"]["rows"]
+    assert {r["net"] for r in rows} == {"teacher", "net1", "net2", "net3"}
+    assert all(r["game"] == "ALE/Pong-v5" for r in rows)
+
+
+def test_bad_suite_or_budget_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="suite='nope'"):
+        reproduce.reproduce("nope", "smoke", tmp_path)
+    with pytest.raises(ConfigError, match="budget='huge'"):
+        reproduce.reproduce("minatar", "huge", tmp_path)
