@@ -186,7 +186,7 @@ def test_chunked_run_equals_whole_train(single_runs):
 
 
 def test_make_train_refuses_atari():
-    with pytest.raises(ConfigError, match="train_atari"):
+    with pytest.raises(ConfigError, match="fit_atari"):
         teacher.make_train(teacher.default_config("ALE/Pong-v5"))
 
 
