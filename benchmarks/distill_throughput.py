@@ -5,8 +5,9 @@
    - Atari: states/s of `dataset.generate` (two env halves alternating, so env threads overlap
      with inference) against the bound 1 / (1/env_rate + 1/inference_rate) that the raw
      `AtariVectorEnv` rate and the teacher's own inference rate set, both measured here.
-2. Student training: samples/s and achieved FLOP/s (XLA's own count of the compiled update)
-   against a dense float32 matmul's FLOP/s.
+2. Student training, run as `student.fit` runs it (a scan of updates on MinAtar, one update per
+   call with native convolution gradients on Atari): samples/s and achieved FLOP/s (XLA's own
+   count of one compiled update) against a dense float32 matmul's FLOP/s.
 
     python benchmarks/distill_throughput.py [--quick]
 """
@@ -21,9 +22,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from distill import checkpoint, dataset, envs, losses, networks
+from distill import checkpoint, dataset, envs, networks, student
 
 
 def median_time(fn, repeats: int) -> float:
@@ -103,45 +103,74 @@ def atari_generation(env_id: str, states: int, num_envs: int = 16) -> dict:
         f = jax.jit(policy.apply)
         inf_t = median_time(lambda: f(policy.params, obs).block_until_ready(), 20)
         inference_rate = (num_envs // 2) / inf_t
-        config = dataset.DatasetConfig(states=states, num_envs=num_envs, shard_states=states)
-        # warm the compile cache with a tiny run, then time the real one
-        dataset.generate(
-            policy.path,
-            dataset.DatasetConfig(states=num_envs * 8, num_envs=num_envs),
-            d + "/warm",
-            progress=False,
-        )
-        t0 = time.perf_counter()
-        dataset.generate(policy.path, config, d + "/ds", progress=False)
-        gen_rate = states / (time.perf_counter() - t0)
+        # Creating and resetting the emulators costs seconds whatever the size: time a run of
+        # `states` and one of 3 x `states`; the difference is the steady generation rate.
+        walls = []
+        for i, n in enumerate((states, 3 * states)):
+            config = dataset.DatasetConfig(states=n, num_envs=num_envs, shard_states=n)
+            t0 = time.perf_counter()
+            dataset.generate(policy.path, config, f"{d}/ds{i}", progress=False)
+            walls.append(time.perf_counter() - t0)
+        gen_rate = 2 * states / (walls[1] - walls[0])
+        setup_s = walls[0] - states / gen_rate
     bound = 1.0 / (1.0 / env_rate + 1.0 / inference_rate)
-    return {"env": env_rate, "inference": inference_rate, "bound": bound, "generate": gen_rate}
+    return {
+        "env": env_rate,
+        "inference": inference_rate,
+        "bound": bound,
+        "generate": gen_rate,
+        "setup_s": setup_s,
+    }
 
 
-def student_training(net: str, obs_shape, num_actions: int, batch: int, steps: int) -> dict:
-    """Samples/s and achieved FLOP/s of `steps` KL updates in one compiled scan."""
-    module = networks.QNetwork(networks.net_spec(net, obs_shape), num_actions)
-    dtype = jnp.uint8 if len(obs_shape) == 3 and obs_shape[0] == 4 else jnp.float32
-    params = networks.init_params(module, jax.random.PRNGKey(0), obs_shape, dtype)
-    opt = optax.rmsprop(1e-4, decay=0.95, eps=1e-6, centered=True)
-    obs = jnp.zeros((batch, *obs_shape), dtype)
-    q_t = jax.random.normal(jax.random.PRNGKey(1), (batch, num_actions))
+def fake_data(obs_shape, num_actions: int, rows: int = 256, envs_: int = 4) -> dict:
+    """Dataset arrays of the right shapes (speed does not depend on the values)."""
+    atari = tuple(obs_shape) == (4, 84, 84)
+    frame = obs_shape[1:] if atari else obs_shape
+    key = jax.random.PRNGKey(0)
+    return {
+        "obs": jax.random.randint(key, (rows, envs_, *frame), 0, 255 if atari else 2).astype(
+            jnp.uint8 if atari else jnp.float32
+        ),
+        "q": jax.random.normal(key, (rows, envs_, num_actions)),
+        "action": jnp.zeros((rows, envs_), jnp.int32),
+        "reward": jnp.zeros((rows, envs_)),
+        "done": jnp.zeros((rows, envs_), bool),
+    }
 
-    def update(carry, _):
-        p, o = carry
-        g = jax.grad(lambda p: losses.kl(module.apply(p, obs), q_t))(p)
-        u, o = opt.update(g, o, p)
-        return (optax.apply_updates(p, u), o), None
 
-    one = jax.jit(lambda c: update(c, None)[0])
-    flops_per_update = one.lower((params, opt.init(params))).compile().cost_analysis()
-    if isinstance(flops_per_update, list):
-        flops_per_update = flops_per_update[0]
-    flops_per_update = float(flops_per_update.get("flops", float("nan")))
-    many = jax.jit(lambda c: jax.lax.scan(update, c, None, length=steps)[0])
-    carry = (params, opt.init(params))
-    t = median_time(lambda: jax.block_until_ready(many(carry)), 3)
-    return {"samples": steps * batch / t, "flops": steps * flops_per_update / t}
+def student_training(net: str, env_id: str, batch: int, updates: int) -> dict:
+    """Samples/s and achieved FLOP/s of KL updates, run the way `student.fit` runs them.
+
+    MinAtar: `updates` updates in one compiled scan. Atari: one update per compiled call with
+    native convolution gradients (what fit does: the fast form outside loops on XLA CPU).
+    """
+    spec = envs.spec(env_id)
+    atari = spec.is_atari
+    config = student.StudentConfig(
+        net=net, batch_size=batch, updates=updates, eval_every=updates, eval_episodes=1
+    )
+    distiller = student.make_distill(config, env_id, conv_grad="native" if atari else "auto")
+    data = fake_data(spec.obs_shape, spec.num_actions)
+    stack = 4 if atari else 1
+    state = distiller.init(jax.random.PRNGKey(0))
+    tau = jnp.float32(config.tau)
+    step = jax.jit(lambda s, d: distiller.step(s, d, tau, stack - 1))
+    flops = step.lower(state, data).compile().cost_analysis()
+    flops = float((flops[0] if isinstance(flops, list) else flops).get("flops", float("nan")))
+    if atari:
+
+        def go():
+            s = state
+            for _ in range(updates):
+                s, _ = step(s, data)
+            jax.block_until_ready(s.params)
+
+    else:
+        many = jax.jit(lambda s, d: distiller.run(s, d, tau, 1, stack - 1, False)[0])
+        go = lambda: jax.block_until_ready(many(state, data).params)  # noqa: E731
+    t = median_time(go, 3)
+    return {"samples": updates * batch / t, "flops": updates * flops / t}
 
 
 def main() -> None:
@@ -163,20 +192,21 @@ def main() -> None:
     print(
         f"{'ALE/Pong-v5':<24} generate {a['generate']:>11,.0f} states/s  env {a['env']:,.0f}, "
         f"inference {a['inference']:,.0f}, bound {a['bound']:,.0f}  ratio to bound "
-        f"{a['generate'] / a['bound']:.3f}"
+        f"{a['generate'] / a['bound']:.3f}  (steady rate; {a['setup_s']:.1f} s to start the "
+        "emulators, once per run)"
     )
     print("\n2. student training (KL, RMSProp)")
     cases = [
-        ("teacher", (4, 84, 84), 18, 32),
-        ("net1", (4, 84, 84), 18, 32),
-        ("net2", (4, 84, 84), 18, 32),
-        ("teacher", (10, 10, 4), 3, 64),
-        ("net3", (10, 10, 4), 3, 64),
+        ("teacher", "ALE/Pong-v5", 32),
+        ("net1", "ALE/Pong-v5", 32),
+        ("net2", "ALE/Pong-v5", 32),
+        ("teacher", "Breakout-MinAtar", 64),
+        ("net3", "Breakout-MinAtar", 64),
     ]
-    for net, shape, actions, batch in cases:
-        steps = (20 if shape[0] == 4 else 500) * scale
-        r = student_training(net, shape, actions, batch, steps)
-        family = "Atari" if shape[0] == 4 else "MinAtar"
+    for net, env_id, batch in cases:
+        family = "Atari" if envs.spec(env_id).is_atari else "MinAtar"
+        steps = (20 if family == "Atari" else 500) * scale
+        r = student_training(net, env_id, batch, steps)
         print(
             f"{family:<8} {net:<8} batch {batch:<3} {r['samples']:>10,.0f} samples/s "
             f"{r['flops'] / 1e9:>7.1f} GFLOP/s  ratio to matmul {r['flops'] / ref:.3f}"

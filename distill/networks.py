@@ -123,24 +123,40 @@ def _patch_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c * k * k, f)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_valid(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """A VALID NHWC convolution: native forward, gradients through the im2col form.
+# How `conv_valid` differentiates. XLA's CPU backend runs native convolution gradients fast at
+# the top level of a program but several times slower inside loop bodies (`lax.scan`), where the
+# gradients of the equivalent im2col product (patches @ kernel) win; measured in
+# benchmarks/conv_gradients.py. "auto" picks "native" off the CPU, where no such gap exists.
+CONV_GRADS = ("auto", "native", "im2col")
 
-    XLA's CPU backend runs the native convolution's forward pass fast but its gradients several
-    times slower than those of the equivalent patches @ kernel product, so the backward pass
-    differentiates that product instead (same function, same result up to rounding).
+
+def resolve_conv_grad(grad: str) -> str:
+    """'auto' -> 'im2col' on CPU, 'native' on accelerators; other values pass through."""
+    if grad not in CONV_GRADS:
+        raise ValueError(f"conv_grad must be one of {CONV_GRADS}; got {grad!r}")
+    if grad == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "native"
+    return grad
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_valid(x: jax.Array, kernel: jax.Array, stride: int, grad: str = "im2col") -> jax.Array:
+    """A VALID NHWC convolution: native forward; gradients `grad` = 'native' or 'im2col'.
+
+    Both give the same function and the same gradients up to rounding; they differ only in
+    speed (see CONV_GRADS). The forward pass is always the native convolution.
     """
     return _lax_conv(x, kernel, stride)
 
 
-def _conv_fwd(x, kernel, stride):
+def _conv_fwd(x, kernel, stride, grad):
     return _lax_conv(x, kernel, stride), (x, kernel)
 
 
-def _conv_bwd(stride, residuals, dy):
+def _conv_bwd(stride, grad, residuals, dy):
     x, kernel = residuals
-    _, vjp = jax.vjp(lambda x_, k_: _patch_conv(x_, k_, stride), x, kernel)
+    form = _lax_conv if grad == "native" else _patch_conv
+    _, vjp = jax.vjp(lambda x_, k_: form(x_, k_, stride), x, kernel)
     return vjp(dy)
 
 
@@ -153,6 +169,7 @@ class Conv(nn.Module):
     features: int
     kernel_size: int
     stride: int
+    grad: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -161,19 +178,20 @@ class Conv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, c, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return conv_valid(x, kernel, self.stride) + bias
+        return conv_valid(x, kernel, self.stride, resolve_conv_grad(self.grad)) + bias
 
 
 class Torso(nn.Module):
     """Convolutions, then fully connected layers with ReLU: the shared part of every Q-net."""
 
     spec: NetSpec
+    conv_grad: str = "auto"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = preprocess(self.spec, obs)
         for i, (features, kernel, stride) in enumerate(self.spec.convs):
-            x = Conv(features, kernel, stride, name=f"Conv_{i}")(x)
+            x = Conv(features, kernel, stride, self.conv_grad, name=f"Conv_{i}")(x)
             x = nn.relu(nn.LayerNorm()(x) if self.spec.layer_norm else x)
         x = x.reshape((x.shape[0], -1))
         for units in self.spec.hidden:
@@ -187,10 +205,11 @@ class QNetwork(nn.Module):
 
     spec: NetSpec
     num_actions: int
+    conv_grad: str = "auto"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        return nn.Dense(self.num_actions)(Torso(self.spec)(obs))
+        return nn.Dense(self.num_actions)(Torso(self.spec, self.conv_grad)(obs))
 
 
 class MultiTaskQNetwork(nn.Module):
@@ -222,11 +241,18 @@ class MultiTaskQNetwork(nn.Module):
         return self.head(features, task)
 
 
-def build(name: str, obs_shape: Sequence[int], num_actions: int) -> QNetwork:
-    """The Q-network `name` for an environment's observation shape and action count."""
+def build(
+    name: str, obs_shape: Sequence[int], num_actions: int, conv_grad: str = "auto"
+) -> QNetwork:
+    """The Q-network `name` for an environment's observation shape and action count.
+
+    `conv_grad` only changes how convolution gradients are computed (see CONV_GRADS): pass
+    'native' for a network whose updates run one per compiled call rather than in a scan.
+    """
     if num_actions < 1:
         raise ValueError(f"num_actions must be >= 1; got {num_actions}")
-    return QNetwork(net_spec(name, obs_shape), num_actions)
+    resolve_conv_grad(conv_grad)
+    return QNetwork(net_spec(name, obs_shape), num_actions, conv_grad)
 
 
 def init_params(module: nn.Module, key: jax.Array, obs_shape: Sequence[int], dtype, *args):

@@ -536,7 +536,9 @@ def fit_atari(
     network = networks.build(config.net, spec.obs_shape, spec.num_actions)
     optimizer = make_optimizer(config)
     stack = spec.obs_shape[0]
-    update = make_update(config, network.apply, optimizer, stack)
+    # One or two updates per compiled call, not a scan: native conv gradients are the fast ones.
+    learner = networks.build(config.net, spec.obs_shape, spec.num_actions, conv_grad="native")
+    update = make_update(config, learner.apply, optimizer, stack)
     rows = config.buffer_size // config.num_envs
     n = config.num_envs
 

@@ -264,3 +264,25 @@ def test_conv_matches_flax_conv_values_and_gradients(shape, kernel, stride):
         jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, kernel, stride", [((2, 10, 10, 6), 3, 1), ((2, 84, 84, 4), 8, 4)])
+def test_conv_gradient_forms_agree(shape, kernel, stride):
+    """'native' and 'im2col' differ only in speed: same values, same gradients."""
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, shape[-1], 5))
+
+    def grads(form):
+        f = lambda x, w: jnp.sum(jnp.sin(networks.conv_valid(x, w, stride, form)))  # noqa: E731
+        return jax.grad(f, argnums=(0, 1))(x, w)
+
+    for a, b in zip(grads("native"), grads("im2col"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_build_conv_grad_choices():
+    net = networks.build("net3", (10, 10, 4), 3, conv_grad="native")
+    assert net.conv_grad == "native"
+    assert networks.resolve_conv_grad("auto") in ("native", "im2col")
+    with pytest.raises(ValueError, match="conv_grad must be one of"):
+        networks.build("net3", (10, 10, 4), 3, conv_grad="fast")
