@@ -15,43 +15,14 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from common import matmul_flops, median_time, raw_atari_rate, untrained_teacher
 
-from distill import checkpoint, dataset, envs, networks, student
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / median_time(lambda: f(a).block_until_ready(), repeats)
-
-
-def untrained_teacher(env_id: str, folder: str):
-    """A randomly initialised teacher checkpoint: throughput does not depend on the weights."""
-    spec = envs.spec(env_id)
-    net = networks.build("teacher", spec.obs_shape, spec.num_actions)
-    params = networks.init_params(net, jax.random.PRNGKey(0), spec.obs_shape, spec.obs_dtype)
-    manifest = checkpoint.policy_manifest(
-        "teacher", env_id, "teacher", spec.num_actions, {}, status="complete"
-    )
-    checkpoint.save_policy(folder, params, manifest)
-    return checkpoint.load(folder)
+from distill import dataset, envs, student
 
 
 def minatar_generation(env_id: str, rows: int, repeats: int) -> tuple[float, float]:
@@ -86,16 +57,7 @@ def minatar_generation(env_id: str, rows: int, repeats: int) -> tuple[float, flo
 
 def atari_generation(env_id: str, states: int, num_envs: int = 16) -> dict:
     spec = envs.spec(env_id)
-    # raw env rate (random actions, same number of envs, synchronous steps)
-    env = envs.make_atari(env_id, num_envs)
-    env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    steps = max(states // num_envs, 50)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        env.step(rng.integers(0, spec.num_actions, num_envs).astype(np.int32))
-    env_rate = steps * num_envs / (time.perf_counter() - t0)
-    env.close()
+    env_rate = raw_atari_rate(env_id, num_envs, max(states, 50 * num_envs), training=False)
     with tempfile.TemporaryDirectory() as d:
         policy = untrained_teacher(env_id, d + "/teacher")
         # inference rate on batches of one half (what the generator feeds the network)

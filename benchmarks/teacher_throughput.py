@@ -6,30 +6,19 @@ Atari: env steps/s of the `fit_atari` host loop (Nature network, batch 32) again
 `AtariVectorEnv` stepping random actions with the same number of envs.
 
     python benchmarks/teacher_throughput.py [--envs Breakout-MinAtar ...] [--atari ALE/Pong-v5]
+
+benchmarks/atari_throughput.py puts Atari training next to generation and evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import jax
-import numpy as np
+from common import median_time, raw_atari_rate
 
 from distill import envs, teacher
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` runs (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def raw_gymnax_rate(env_id: str, num_envs: int, iterations: int, repeats: int) -> float:
@@ -53,7 +42,7 @@ def raw_gymnax_rate(env_id: str, num_envs: int, iterations: int, repeats: int) -
         return total
 
     key = jax.random.PRNGKey(0)
-    seconds = timed(lambda: rollout(key).block_until_ready(), repeats)
+    seconds = median_time(lambda: rollout(key).block_until_ready(), repeats)
     return iterations * num_envs / seconds
 
 
@@ -65,21 +54,8 @@ def train_gymnax_rate(env_id: str, iterations: int, repeats: int) -> float:
     # past learning_starts, so every timed iteration does its gradient updates
     warm = config.learning_starts // config.num_envs + 1
     state, _ = run(state, warm)
-    seconds = timed(lambda: jax.block_until_ready(run(state, iterations)[0].params), repeats)
+    seconds = median_time(lambda: jax.block_until_ready(run(state, iterations)[0].params), repeats)
     return iterations * config.num_envs / seconds
-
-
-def raw_atari_rate(env_id: str, num_envs: int, steps: int) -> float:
-    env = envs.make_atari(env_id, num_envs, training=True)
-    env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    n_act = envs.spec(env_id).num_actions
-    t0 = time.perf_counter()
-    for _ in range(steps // num_envs):
-        env.step(rng.integers(0, n_act, num_envs).astype(np.int32))
-    rate = steps / (time.perf_counter() - t0)
-    env.close()
-    return rate
 
 
 def train_atari_rate(env_id: str, steps: int) -> float:
@@ -98,7 +74,7 @@ def train_atari_rate(env_id: str, steps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="*", default=["Breakout-MinAtar", "SpaceInvaders-MinAtar"])
-    p.add_argument("--atari", nargs="*", default=["ALE/Pong-v5"])
+    p.add_argument("--atari", nargs="*", default=[], help="Atari envs too (see atari_throughput)")
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--atari-steps", type=int, default=6_000)

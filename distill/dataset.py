@@ -295,7 +295,10 @@ def _generate_atari(
     # A resumed Atari dataset continues with fresh episodes (the emulators' state is not saved).
     seed = config.seed + 1_000_003 * len(shards)
     halves = [envs.make_atari(spec.env_id, half, training=False) for _ in range(2)]
-    obs = [h.reset(seed=seed + 7919 * i)[0] for i, h in enumerate(halves)]
+    obs = []
+    for i, h in enumerate(halves):
+        first, info = h.reset(seed=seed + 7919 * i)
+        obs.append(first[np.argsort(info["env_id"])])
     act = jax.jit(lambda p, o, k: _act(policy.apply, p, o, k, config.epsilon))
     key = jax.random.PRNGKey(seed)
     history = {  # the rows before the shard, for rebuilding stacks: start of data = zeros, done
@@ -325,11 +328,9 @@ def _generate_atari(
                     buf["obs"][r, cols] = obs[i][:, -1]
                     buf["q"][r, cols] = q
                     buf["action"][r, cols] = action
-                    new_obs, reward, term, trunc, info = env.recv()
-                    order = np.argsort(info["env_id"])
-                    obs[i] = new_obs[order]
-                    buf["reward"][r, cols] = reward[order]
-                    buf["done"][r, cols] = (term | trunc)[order]
+                    obs[i], reward, term, trunc = envs.in_env_order(*env.recv())
+                    buf["reward"][r, cols] = reward
+                    buf["done"][r, cols] = term | trunc
                     key, k = jax.random.split(key)
                     pending[i] = act(policy.params, obs[i], k)
                 if (r + 1) % 64 == 0:

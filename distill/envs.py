@@ -264,3 +264,15 @@ def make_atari(
         # gymnax: replay and datasets then never hold a transition across an episode boundary
         autoreset_mode=AutoresetMode.SAME_STEP,
     )
+
+
+def in_env_order(obs, reward, terminated, truncated, info):
+    """An `AtariVectorEnv` step result in env-id order: (obs, reward, terminated, truncated).
+
+    ale-py returns a batch in the order its threads finished (`info["env_id"]`); actions are
+    sent in env-id order, so the results must be put back in that order before acting again.
+    """
+    import numpy as np
+
+    order = np.argsort(info["env_id"])
+    return obs[order], reward[order], terminated[order], truncated[order]

@@ -31,6 +31,7 @@ class Scores:
     env_id: str
     episodes: np.ndarray  # [n] undiscounted returns
     epsilon: float
+    steps: int = 0  # agent steps taken by every env together (Atari; 0 where not counted)
 
     @property
     def mean(self) -> float:
@@ -111,8 +112,9 @@ def evaluate_atari(
 ) -> Scores:
     """Play `episodes` whole Atari games with `num_envs` env threads; raw rewards, no-op starts.
 
-    Each env contributes episodes until `episodes` have finished; the first `episodes` finished
-    are kept, in order of finishing, so the result does not depend on how long the rest run.
+    Each env plays a fixed share of the episodes (their counts differ by at most one), decided
+    before any is played: keeping the first `episodes` to finish would favour short games,
+    which in most Atari games are the bad ones.
     """
     from tqdm.auto import tqdm
 
@@ -120,25 +122,31 @@ def evaluate_atari(
     env = envs.make_atari(env_id, num_envs, training=False)
     act = jax.jit(lambda p, o, k: _eps_greedy(apply_fn(p, o), k, epsilon))
     key = jax.random.PRNGKey(seed)
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    obs = obs[np.argsort(info["env_id"])]
+    quota = [episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)]
     totals = np.zeros(num_envs)
-    scores: list[float] = []
+    scores: list[list[float]] = [[] for _ in range(num_envs)]
+    steps = 0
     bar = tqdm(total=episodes, desc=f"evaluate {env_id}", disable=not progress, unit="ep")
     try:
-        while len(scores) < episodes:
+        while any(len(s) < q for s, q in zip(scores, quota, strict=True)):
             key, k = jax.random.split(key)
             action = np.asarray(act(params, obs, k), dtype=np.int32)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated = envs.in_env_order(*env.step(action))
+            steps += num_envs
             totals += reward
-            for i in np.flatnonzero(terminated | truncated):
-                if len(scores) < episodes:
-                    scores.append(float(totals[i]))
+            ended = terminated | truncated
+            for i in np.flatnonzero(ended):
+                if len(scores[i]) < quota[i]:
+                    scores[i].append(float(totals[i]))
                     bar.update(1)
                 totals[i] = 0.0
     finally:
         bar.close()
         env.close()
-    return Scores(env_id, np.asarray(scores, dtype=np.float64), float(epsilon))
+    flat = np.asarray([x for s in scores for x in s], dtype=np.float64)
+    return Scores(env_id, flat, float(epsilon), steps)
 
 
 def _eps_greedy(q: jax.Array, key: jax.Array, epsilon: float) -> jax.Array:

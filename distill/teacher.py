@@ -675,10 +675,8 @@ def fit_atari(
                     params, target, opt_state, buffer, updates, loss = learn(
                         params, target, opt_state, buffer, k_learn, updates
                     )
-                next_obs, reward, terminated, truncated, info = env.recv()
-                order = np.argsort(info["env_id"])
-                next_obs, reward = next_obs[order], reward[order]
-                done = (terminated | truncated)[order]
+                next_obs, reward, terminated, truncated = envs.in_env_order(*env.recv())
+                done = terminated | truncated
                 buffer = store(buffer, obs[:, -1], action, reward.astype(np.float32), done)
                 episode_return += reward
                 finished.extend(episode_return[done].tolist())

@@ -253,3 +253,28 @@ def test_atari_async_send_recv():
 def test_make_atari_rejects_bad_sizes(num_envs, batch_size):
     with pytest.raises(ValueError, match=rf"{num_envs}, {batch_size}"):
         envs.make_atari("ALE/Pong-v5", num_envs, batch_size=batch_size)
+
+
+def test_in_env_order_sorts_every_array_by_env_id():
+    obs = np.array([[2.0], [0.0], [1.0]])
+    out = envs.in_env_order(
+        obs, np.array([20, 0, 10]), np.array([1, 0, 0]), np.array([0, 0, 1]), {"env_id": [2, 0, 1]}
+    )
+    np.testing.assert_array_equal(out[0][:, 0], [0, 1, 2])
+    np.testing.assert_array_equal(out[1], [0, 10, 20])
+    np.testing.assert_array_equal(out[2], [0, 0, 1])
+    np.testing.assert_array_equal(out[3], [0, 1, 0])
+
+
+def test_evaluate_atari_gives_each_env_its_share(monkeypatch):
+    """7 episodes over 3 envs: 3 + 2 + 2 whole (short, capped) games and the steps counted."""
+    from distill import evaluate
+
+    monkeypatch.setattr(envs, "ATARI_MAX_FRAMES", 160)  # about 40 agent steps a game
+    scores = evaluate.evaluate_atari(
+        evaluate.random_apply(6), None, "ALE/Pong-v5", episodes=7, epsilon=1.0, num_envs=3
+    )
+    assert scores.episodes.shape == (7,)
+    assert np.all(scores.episodes <= 0) and np.all(scores.episodes >= -21)
+    # 3 envs step together until the one with 3 games is done: 30-40 agent steps a game
+    assert 3 * 3 * 30 <= scores.steps <= 3 * 3 * 40
