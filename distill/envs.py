@@ -141,13 +141,25 @@ def ale_game(env_id: str) -> str:
 
 
 @functools.cache
-def _atari_num_actions(rom: str) -> int:
+def _atari_actions(rom: str) -> tuple[str, ...]:
+    """The names of a game's minimal action set, in the order the agent indexes them."""
     import ale_py
 
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
     ale.loadROM(ale_py.roms.get_rom_path(rom))
-    return len(ale.getMinimalActionSet())
+    return tuple(a.name for a in ale.getMinimalActionSet())
+
+
+def _atari_num_actions(rom: str) -> int:
+    return len(_atari_actions(rom))
+
+
+def action_names(env_id: str) -> tuple[str, ...]:
+    """Names of the actions: ale-py's (e.g. NOOP, FIRE, RIGHT) on Atari, 'a0', 'a1'... else."""
+    if spec(env_id).is_atari:
+        return _atari_actions(ale_game(env_id))
+    return tuple(f"a{i}" for i in range(spec(env_id).num_actions))
 
 
 @functools.cache

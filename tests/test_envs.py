@@ -278,3 +278,16 @@ def test_evaluate_atari_gives_each_env_its_share(monkeypatch):
     assert np.all(scores.episodes <= 0) and np.all(scores.episodes >= -21)
     # 3 envs step together until the one with 3 games is done: 30-40 agent steps a game
     assert 3 * 3 * 30 <= scores.steps <= 3 * 3 * 40
+
+
+def test_action_names():
+    assert envs.action_names("ALE/Pong-v5") == (
+        "NOOP",
+        "FIRE",
+        "RIGHT",
+        "LEFT",
+        "RIGHTFIRE",
+        "LEFTFIRE",
+    )
+    assert len(envs.action_names("ALE/Breakout-v5")) == envs.spec("ALE/Breakout-v5").num_actions
+    assert envs.action_names("Breakout-MinAtar") == ("a0", "a1", "a2")
