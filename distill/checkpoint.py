@@ -339,3 +339,29 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
         path=str(folder),
         apply=module.apply,
     )
+
+
+def export_policy(source: str | Path, out: str | Path, **extra) -> Policy:
+    """A finished policy checkpoint in `out` from the parameters of `source`, finished or not.
+
+    For shipping a teacher from a run that is still training: the manifest keeps the source's
+    config, steps and metrics, says where the parameters came from, and adds `extra` (such as
+    the evaluation the caller measured on them). `out` must not hold a checkpoint already.
+    """
+    src, out = Path(source), Path(out)
+    if (out / MANIFEST).exists():
+        raise CheckpointError(f"{out}: already holds a checkpoint; choose another --out")
+    policy = load(src)
+    skip = ("files", "paths", "written_at", "versions", "format_version")
+    manifest = {k: v for k, v in policy.manifest.items() if k not in skip}
+    manifest.update(
+        status="complete",
+        exported_from={
+            "path": str(src),
+            "status": policy.manifest.get("status"),
+            "params_sha256": policy.manifest["files"][PARAMS],
+        },
+        **extra,
+    )
+    save_policy(out, policy.params, manifest)
+    return load(out)

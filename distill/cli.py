@@ -31,6 +31,30 @@ def _existing_dir(text: str) -> str:
     return text
 
 
+MESH_HELP = (
+    "split the work over devices: seeds=N (independent runs), data=N (each minibatch), or "
+    "both, e.g. seeds=2,data=4; N may be 'all'. Default: one device"
+)
+
+
+def _mesh(args, axes: tuple[str, ...] = ("seeds", "data")):
+    """The device mesh of --mesh (None: one device), after joining a multi-host run if asked."""
+    from distill import sharding
+    from distill.config import ConfigError
+
+    if getattr(args, "distributed", None):
+        sharding.initialize_distributed(**sharding.parse_distributed(args.distributed))
+    if args.mesh is None:
+        return None
+    unused = set(sharding.parse_mesh(args.mesh)) - set(axes)
+    if unused:
+        raise ConfigError(
+            f"--mesh {args.mesh}: distill {args.command} trains one run, so only "
+            f"{' and '.join(f'{a}=N' for a in axes)} applies"
+        )
+    return sharding.make_mesh(args.mesh)
+
+
 # ---------------------------------------------------------------------------- sub-commands
 
 
@@ -52,7 +76,9 @@ def cmd_nets(args) -> int:
 
 def cmd_teacher(args) -> int:
     from distill import teacher
+    from distill.config import ConfigError
 
+    mesh = _mesh(args, ("data",))
     overrides = {"seed": args.seed}
     if args.steps is not None:
         overrides["total_steps"] = args.steps
@@ -60,9 +86,11 @@ def cmd_teacher(args) -> int:
     from distill import envs
 
     if envs.spec(config.env_id).is_atari:
+        if mesh is not None:
+            raise ConfigError("--mesh: Atari teachers train in a host loop on one device")
         policy = teacher.fit_atari(config, args.out, resume=args.resume)
     else:
-        policy = teacher.fit(config, args.out, resume=args.resume)
+        policy = teacher.fit(config, args.out, resume=args.resume, mesh=mesh)
     ev = policy.manifest.get("evaluation", {})
     print(
         f"teacher saved in {args.out}: {policy.env_id}, {policy.manifest['env_steps']:,} env "
@@ -106,6 +134,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from distill import checkpoint, evaluate
+
+    policy = checkpoint.load(args.path)
+    kw = {"progress": True} if policy.spec.is_atari else {}
+    scores = evaluate.evaluate_policy(policy, args.episodes, seed=args.seed, **kw)
+    randoms = evaluate.evaluate_random(policy.env_id, args.episodes, seed=args.seed)
+    exported = checkpoint.export_policy(
+        args.path,
+        args.out,
+        evaluation=scores.summary(),
+        random_evaluation=randoms.summary(),
+    )
+    print(
+        f"exported {policy.kind} {policy.env_id} ({policy.manifest.get('env_steps', '?')} env "
+        f"steps, {policy.manifest.get('status', '?')}) to {exported.path}: score "
+        f"{scores.mean:.2f} +- {scores.std:.2f} over {args.episodes} episodes (random "
+        f"{randoms.mean:.2f})"
+    )
+    return 0
+
+
 def cmd_dataset(args) -> int:
     from distill import dataset
 
@@ -121,6 +171,7 @@ def cmd_dataset(args) -> int:
 def cmd_student(args) -> int:
     from distill import dataset, student
 
+    mesh = _mesh(args, ("data",))
     config = student.StudentConfig(
         loss=args.loss,
         tau=args.tau,
@@ -133,7 +184,7 @@ def cmd_student(args) -> int:
         seed=args.seed,
     )
     data = dataset.load_dataset(args.dataset, env_id=args.env)
-    policy = student.fit(config, args.dataset, args.out, resume=args.resume, data=data)
+    policy = student.fit(config, args.dataset, args.out, resume=args.resume, data=data, mesh=mesh)
     print(
         f"student saved in {args.out}: {policy.env_id}, {policy.net}, loss {config.loss}, "
         f"final score {policy.manifest.get('final_score', float('nan')):.2f}"
@@ -142,27 +193,38 @@ def cmd_student(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from distill import experiments, report
+    from distill import experiments, report, sharding
 
+    mesh = _mesh(args)
     b = experiments.budget(args.budget)
+    # every process of a multi-host run computes; process 0 alone writes and prints
+    writes = sharding.is_main_process()
     if args.name == "losses":
-        result = experiments.loss_comparison(b, tau=args.tau)
+        result = experiments.loss_comparison(b, tau=args.tau, mesh=mesh)
+        if not writes:
+            return 0
         folder = experiments.write_loss_comparison(result, args.out)
         summary = experiments.summarise(result["rows"], ("game", "loss"))
         print(report.markdown_table(summary, ["game", "loss", "percent_mean", "normalised_mean"]))
         print(f"results in {folder}")
     elif args.name == "multitask":
-        result = experiments.multitask(b, tau=args.tau)
+        result = experiments.multitask(b, tau=args.tau, mesh=mesh)
+        if not writes:
+            return 0
         folder = experiments.write_multitask(result, args.out)
         print(report.markdown_table(experiments.multitask_table(result)))
         print(f"results in {folder}")
     elif args.name == "online":
         result = experiments.online(b)
+        if not writes:
+            return 0
         folder = experiments.write_online(result, args.out)
         print(report.markdown_table(experiments.online_table(result)))
         print(f"results in {folder}")
     elif args.name == "compression":
-        result = experiments.compression(b, tau=args.tau)
+        result = experiments.compression(b, tau=args.tau, mesh=mesh)
+        if not writes:
+            return 0
         folder = experiments.write_compression(result, args.out)
         print(report.markdown_table(result["summary"]))
         print(f"results in {folder}")
@@ -172,8 +234,64 @@ def cmd_experiment(args) -> int:
 def cmd_reproduce(args) -> int:
     from distill import reproduce
 
-    out = reproduce.reproduce(args.suite, args.budget, args.out)
+    out = reproduce.reproduce(args.suite, args.budget, args.out, mesh=_mesh(args))
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from distill import checkpoint, dataset, envs, explain
+    from distill.config import ConfigError
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {args.out}: is a file, not a folder")
+    teacher = checkpoint.load(args.path)
+    explain.check_explainable(teacher.env_id)
+    students = [checkpoint.load(p, env_id=teacher.env_id) for p in args.students]
+    data, config = None, None
+    if args.dataset:
+        if teacher.env_id not in envs.MINATAR_IDS:
+            raise ConfigError(
+                f"--dataset: a linear student reads MinAtar object channels; {teacher.env_id} "
+                "is not a MinAtar game"
+            )
+        config = explain.LinearConfig(
+            loss=args.loss, tau=args.tau, updates=args.updates, seed=args.seed
+        )
+        data = dataset.load_dataset(args.dataset, env_id=teacher.env_id)
+        if not dataset.same_source(
+            data.manifest.get("teacher"), dataset.teacher_fingerprint(teacher)
+        ):
+            raise ConfigError(
+                f"--dataset {args.dataset}: made by the teacher in "
+                f"{data.manifest.get('teacher', {}).get('path')}, not by {args.path}"
+            )
+    obs = explain.collect_states(teacher, args.states, seed=args.seed)
+    result = explain.explain_policies(teacher, students, obs)
+    linear = None
+    if data is not None:
+        fitted = explain.fit_linear(data, config)
+        scores = explain.linear_scores(fitted, teacher, args.episodes)
+        linear = explain.linear_report(fitted, config, scores)
+    written = explain.write_explanation(result, out, linear)
+    for name, r in result["students"].items():
+        base = result["baselines"][r["untrained"]]
+        sim, chance = r["similarity"], base["similarity"]
+        print(
+            f"{name}: agreement {r['agreement']:.1%} (untrained {base['agreement']:.1%}); "
+            f"saliency Spearman vs teacher: gradient {sim['gradient']['spearman']:.2f} "
+            f"(untrained {chance['gradient']['spearman']:.2f}), perturbation "
+            f"{sim['perturbation']['spearman']:.2f} "
+            f"(untrained {chance['perturbation']['spearman']:.2f})"
+        )
+    if linear is not None:
+        print(
+            f"linear student: fidelity {linear['fidelity']:.1%} on "
+            f"{linear['held_out_states']:,} held-out states, score {linear['score']:.2f} "
+            f"({linear['percent_of_teacher']:.0f}% of the teacher's {linear['teacher_score']:.2f})"
+        )
+    print(f"{len(written)} files in {out} (explain.json and figures)")
     return 0
 
 
@@ -205,7 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    s.add_argument("--mesh", help="data=N: split each gradient minibatch over N devices")
     s.set_defaults(func=cmd_teacher)
+
+    s = sub.add_parser(
+        "export", help="a finished, evaluated policy from a checkpoint (even a running one)"
+    )
+    s.add_argument("path", type=_existing_dir, help="teacher or student checkpoint folder")
+    s.add_argument("--out", required=True, help="new checkpoint folder")
+    s.add_argument("--episodes", type=_positive_int, default=30, help="evaluation episodes")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("dataset", help="let a teacher act and record (state, Q-values)")
     s.add_argument("--teacher", required=True, type=_existing_dir, help="teacher checkpoint")
@@ -231,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="student checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted student")
+    s.add_argument("--mesh", help="data=N: split each minibatch over N devices")
     s.set_defaults(func=cmd_student)
 
     s = sub.add_parser("experiment", help="run one of the paper's experiments")
@@ -244,12 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
     s.add_argument("--tau", type=float, default=0.01)
     s.add_argument("--out", required=True, help="results folder")
+    s.add_argument("--mesh", help=MESH_HELP)
+    s.add_argument(
+        "--distributed",
+        metavar="auto|HOST:PORT,PROCESSES,ID",
+        help="join a multi-host run (jax.distributed) before starting; see the README",
+    )
     s.set_defaults(func=cmd_experiment)
 
     s = sub.add_parser("reproduce", help="run the paper's experiments end to end, with a report")
     s.add_argument("--suite", choices=["minatar", "atari"], default="minatar")
     s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
     s.add_argument("--out", required=True, help="results folder (re-runs skip finished stages)")
+    s.add_argument("--mesh", help=MESH_HELP)
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")
@@ -262,6 +398,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--out", help="write the summary and per-episode scores to this JSON file")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser(
+        "explain", help="what a teacher and its students look at, and how often they agree"
+    )
+    s.add_argument("path", help="teacher checkpoint folder")
+    s.add_argument("--students", nargs="+", default=[], metavar="PATH", help="student folders")
+    s.add_argument(
+        "--states", type=_positive_int, default=256, help="states to explain, as the teacher plays"
+    )
+    s.add_argument(
+        "--dataset", help="also distil a linear student from this dataset of the teacher (MinAtar)"
+    )
+    s.add_argument("--loss", choices=["nll", "mse", "kl"], default="kl", help="linear student loss")
+    s.add_argument("--tau", type=float, default=0.01, help="KL temperature (linear student)")
+    s.add_argument(
+        "--updates", type=_positive_int, default=2_000, help="linear student minibatch updates"
+    )
+    s.add_argument(
+        "--episodes",
+        type=_positive_int,
+        default=100,
+        help="episodes (epsilon 0.05) scoring the linear student and the teacher",
+    )
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="folder for the figures and explain.json")
+    s.set_defaults(func=cmd_explain)
     return p
 
 

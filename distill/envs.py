@@ -155,10 +155,17 @@ def _atari_num_actions(rom: str) -> int:
     return len(_atari_actions(rom))
 
 
+# MinAtar's full action set; each game uses some of them (`env.action_set`).
+MINATAR_ACTIONS = ("NOOP", "LEFT", "UP", "RIGHT", "DOWN", "FIRE")
+
+
 def action_names(env_id: str) -> tuple[str, ...]:
-    """Names of the actions: ale-py's (e.g. NOOP, FIRE, RIGHT) on Atari, 'a0', 'a1'... else."""
+    """Names of the actions in the order the agent indexes them: ale-py's minimal action set on
+    Atari (NOOP, FIRE, RIGHT...), MinAtar's action set, 'a0', 'a1'... for other envs."""
     if spec(env_id).is_atari:
         return _atari_actions(ale_game(env_id))
+    if env_id in MINATAR_IDS:
+        return tuple(MINATAR_ACTIONS[int(i)] for i in make(env_id).env.action_set)
     return tuple(f"a{i}" for i in range(spec(env_id).num_actions))
 
 

@@ -2,7 +2,10 @@
 
 Each experiment takes a `Budget` (how many states, updates, seeds, episodes) so the same code runs
 as a smoke test, a quick look or a full reproduction. Seeds run side by side under `jax.vmap`, in
-one compiled call per (game, loss, network).
+one compiled call per (game, loss, network). Every experiment takes an optional device mesh
+(`distill.sharding`): its `seeds` axis splits the seeds across devices, its `data` axis each
+student's minibatches; across hosts (`jax.distributed`) each process also makes its share of the
+teachers and datasets first.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, dataset, envs, evaluate, paths, student, teacher
+from distill import checkpoint, dataset, envs, evaluate, paths, sharding, student, teacher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,17 +108,42 @@ def reference_scores(policy, b: Budget) -> tuple[float, float]:
     return _MEMO[key]
 
 
-def distil_seeds(config: student.StudentConfig, data: dataset.Dataset, seeds: int):
+def prepare_games(games, b: Budget, runs_dir: Path, progress: bool = True) -> None:
+    """Across several hosts, each process makes its share of the teachers and datasets (games
+    p, p + P, ...) and then waits for the others; with `runs_dir` on a shared file system every
+    one is made once. Nothing on a single host (each is made when first needed)."""
+    if jax.process_count() == 1:
+        return
+    for env_id in sharding.process_share(tuple(games)):
+        ensure_dataset(ensure_teacher(env_id, b, runs_dir, progress), b, runs_dir, progress)
+    sharding.barrier("distill-prepare-games")
+
+
+def distil_seeds(
+    config: student.StudentConfig,
+    data: dataset.Dataset,
+    seeds: int,
+    mesh: jax.sharding.Mesh | None = None,
+):
     """Train `seeds` students side by side (jax.vmap); returns final params and metrics.
 
-    Metrics are `[seeds, blocks]` arrays (loss, agreement, in-env score after each block).
+    Metrics are `[seeds, blocks]` numpy arrays (loss, agreement, in-env score after each block).
     Atari envs live on the host, so there only the final students are evaluated (after the
-    compiled run) and earlier blocks' scores are nan.
+    compiled run) and earlier blocks' scores are nan. With a `mesh` the seeds are split over its
+    `seeds` axis (per seed bit-identical to the single-device run) and each student's minibatches
+    over its `data` axis (`sharding.map_seeds`); the final state stays split over `seeds`.
     """
-    memo_key = ("distil", config, data.path, tuple(sorted(data.manifest["files"].items())), seeds)
+    memo_key = (
+        "distil",
+        config,
+        data.path,
+        tuple(sorted(data.manifest["files"].items())),
+        seeds,
+        mesh,
+    )
     if memo_key in _MEMO:
         return _MEMO[memo_key]
-    distiller = student.make_distill(config, data.env_id, data.stack)
+    distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
     in_graph = not envs.spec(data.env_id).is_atari
 
@@ -123,9 +151,9 @@ def distil_seeds(config: student.StudentConfig, data: dataset.Dataset, seeds: in
         state = distiller.init(key)
         return distiller.run(state, arrays, tau, config.blocks, data.first_row, in_graph)
 
-    run = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+    run = sharding.map_seeds(one, mesh)
     state, metrics = run(keys, data.arrays(), jnp.float32(config.tau))
-    metrics = jax.tree_util.tree_map(np.asarray, metrics)
+    metrics = sharding.to_host(metrics)
     if not in_graph:
         score = np.array(metrics.score)
         for s in range(seeds):
@@ -136,6 +164,38 @@ def distil_seeds(config: student.StudentConfig, data: dataset.Dataset, seeds: in
         metrics = metrics._replace(score=score)
     _MEMO[memo_key] = (distiller, state, metrics)
     return distiller, state, metrics
+
+
+def distil_tau_sweep(
+    config: student.StudentConfig,
+    data: dataset.Dataset,
+    seeds: int,
+    taus,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """Students for every (tau, seed) pair side by side in one compiled call: `(state, metrics)`
+    with a leading `[taus, seeds]` pair of axes.
+
+    The pairs share one leading axis, split over the mesh's `seeds` axis. Seed s starts from the
+    same key for every tau, so row t holds the students `distil_seeds` trains with
+    `tau=taus[t]` (to float rounding: here tau is a vmapped value, there a scalar). Sweeps over
+    network size change shapes: run one call per size (as `compression` does).
+    """
+    taus = np.asarray(taus, np.float32)
+    distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    in_graph = not envs.spec(data.env_id).is_atari
+    pairs = (jnp.tile(keys, (len(taus), 1)), jnp.repeat(jnp.asarray(taus), seeds))
+
+    def one(pair, arrays):
+        key, tau = pair
+        return distiller.run(
+            distiller.init(key), arrays, tau, config.blocks, data.first_row, in_graph
+        )
+
+    state, metrics = sharding.map_seeds(one, mesh)(pairs, data.arrays())
+    unflatten = lambda x: x.reshape(len(taus), seeds, *x.shape[1:])  # noqa: E731
+    return state, jax.tree_util.tree_map(unflatten, sharding.to_host(metrics))
 
 
 def percent_of_teacher(score: float, teacher_score: float) -> float:
@@ -164,6 +224,7 @@ def loss_comparison(
     net: str = "teacher",
     runs_dir: Path | None = None,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """Same-size students with each loss on each game (Rusu et al. 2016, section 5.1).
 
@@ -171,6 +232,7 @@ def loss_comparison(
     "teachers": per game teacher and random scores}.
     """
     runs_dir = Path(runs_dir or paths.runs_dir())
+    prepare_games(b.games, b, runs_dir, progress)
     rows, curves, teachers = [], [], []
     for env_id in b.games:
         policy = ensure_teacher(env_id, b, runs_dir, progress)
@@ -186,7 +248,7 @@ def loss_comparison(
                 eval_every=b.eval_every,
                 eval_episodes=b.eval_episodes,
             )
-            _, _, m = distil_seeds(config, data, b.seeds)
+            _, _, m = distil_seeds(config, data, b.seeds, mesh)
             for seed in range(b.seeds):
                 score = float(m.score[seed, -1])
                 rows.append(
@@ -301,6 +363,7 @@ def compression(
     tau: float = 0.01,
     runs_dir: Path | None = None,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """KL students of every size on every game (Rusu et al. 2016, section 5.2).
 
@@ -310,6 +373,7 @@ def compression(
     from distill import networks
 
     runs_dir = Path(runs_dir or paths.runs_dir())
+    prepare_games(b.games, b, runs_dir, progress)
     rows, teachers = [], []
     for env_id in b.games:
         policy = ensure_teacher(env_id, b, runs_dir, progress)
@@ -327,7 +391,7 @@ def compression(
                 eval_every=b.eval_every,
                 eval_episodes=b.eval_episodes,
             )
-            _, _, m = distil_seeds(config, data, b.seeds)
+            _, _, m = distil_seeds(config, data, b.seeds, mesh)
             n_params = networks.param_count(net, spec.obs_shape, spec.num_actions)
             for seed in range(b.seeds):
                 score = float(m.score[seed, -1])
@@ -449,18 +513,25 @@ def write_compression(result: dict, out: str | Path) -> Path:
 PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 116.9}
 
 
-def distil_multitask_seeds(config: student.StudentConfig, games, datas: tuple, seeds: int):
-    """`seeds` multi-task students side by side; metrics `[seeds, blocks, ...]`."""
+def distil_multitask_seeds(
+    config: student.StudentConfig,
+    games,
+    datas: tuple,
+    seeds: int,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """`seeds` multi-task students side by side; metrics `[seeds, blocks, ...]`. With a `mesh`
+    the seeds are split over its `seeds` axis and the minibatches over `data`."""
     from distill import multitask as mt
 
-    _, init, run = mt.make_multitask_distill(config, games)
+    _, init, run = mt.make_multitask_distill(config, games, mesh)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
     blocks = config.blocks
 
     def one(key, d, tau):
         return run(init(key), d, tau, blocks)[1]
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))(keys, datas, jnp.float32(config.tau))
+    return sharding.map_seeds(one, mesh)(keys, datas, jnp.float32(config.tau))
 
 
 def multitask(
@@ -468,6 +539,7 @@ def multitask(
     tau: float = 0.01,
     runs_dir: Path | None = None,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """One multi-task student distilled from every game's teacher (NLL and KL), against a
     multi-task DQN with the same architecture trained on all games jointly."""
@@ -475,6 +547,7 @@ def multitask(
 
     runs_dir = Path(runs_dir or paths.runs_dir())
     games = tuple(b.games)
+    prepare_games(games, b, runs_dir, progress)
     teachers, datas, teacher_steps = [], [], 0
     for env_id in games:
         policy = ensure_teacher(env_id, b, runs_dir, progress)
@@ -512,13 +585,16 @@ def multitask(
             eval_every=b.eval_every * len(games),
             eval_episodes=b.eval_episodes,
         )
-        m = distil_multitask_seeds(config, games, tuple(datas), b.seeds)
-        add_rows(f"distilled-{loss}", np.asarray(m.score[:, -1, :]))
+        m = distil_multitask_seeds(config, games, tuple(datas), b.seeds, mesh)
+        add_rows(f"distilled-{loss}", sharding.to_host(m.score)[:, -1, :])
     dqn_steps = b.multitask_dqn_steps or teacher_steps
     dqn_config = teacher.default_config(games[0], total_steps=dqn_steps)
-    network, init, run, iterations = mt.make_multitask_train(dqn_config, games)
-    state, _ = jax.jit(lambda k: run(init(k), iterations))(jax.random.PRNGKey(0))
-    scores = mt.evaluate_heads(network, state.params, games, b.eval_episodes, seed=10_000)
+    dqn_mesh = sharding.for_one_run(mesh)  # one run: only a `data` axis splits it
+    network, init, run, iterations = mt.make_multitask_train(dqn_config, games, dqn_mesh)
+    key = sharding.replicate(jax.random.PRNGKey(0), dqn_mesh)
+    state, _ = jax.jit(lambda k: run(init(k), iterations))(key)
+    params = sharding.to_host(state.params)
+    scores = mt.evaluate_heads(network, params, games, b.eval_episodes, seed=10_000)
     add_rows("multi-dqn", np.array([[s.mean for s in scores]]))
     summary = []
     for method in ("multi-dqn", "distilled-nll", "distilled-kl"):

@@ -12,6 +12,8 @@ Two learners use this network:
   minibatch from one game (games take turns), with the NLL, MSE or KL loss;
 - `make_multitask_train`: the baseline, a multi-task DQN trained on all games jointly, each
   gradient step summing one double-DQN minibatch loss per game.
+Both take an optional device mesh (`distill.sharding`): a `data` axis splits every minibatch
+across its devices; seeds are split by the caller (`experiments.distil_multitask_seeds`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill import envs, evaluate, losses, networks, replay, student, teacher
+from distill import envs, evaluate, losses, networks, replay, sharding, student, teacher
 from distill.config import ConfigError
 
 HEAD_HIDDEN = 128  # the paper's per-game fc2 of 128 units
@@ -73,13 +75,19 @@ class MultiMetrics(NamedTuple):
     score: jax.Array  # [games] mean evaluation score per game after the block
 
 
-def make_multitask_distill(config: student.StudentConfig, games: Sequence[str]):
+def make_multitask_distill(
+    config: student.StudentConfig,
+    games: Sequence[str],
+    mesh: jax.sharding.Mesh | None = None,
+):
     """(network, init(key) -> StudentState, run(state, datas, tau, blocks) -> (state, metrics)).
 
     `datas` is a tuple of `Dataset.arrays()`, one per game (in `games` order). Update u trains
     on a minibatch of game u mod len(games); after every `eval_every` updates each game's head is
-    evaluated in its own env, all inside one compiled call.
+    evaluated in its own env, all inside one compiled call. A `mesh` with a `data` axis splits
+    each minibatch over it.
     """
+    sharding.check_batch(config.batch_size, mesh)
     games = tuple(games)
     network = build(games, config.net)
     optimizer = student.make_optimizer(config)
@@ -97,7 +105,9 @@ def make_multitask_distill(config: student.StudentConfig, games: Sequence[str]):
     def game_loss(k: int, params, key, datas, tau):
         from distill import dataset
 
-        obs, teacher_q = dataset.sample(datas[k], key, config.batch_size, 1, 0)
+        obs, teacher_q = sharding.constrain_batch(
+            dataset.sample(datas[k], key, config.batch_size, 1, 0), mesh
+        )
         student_q = network.apply(params, pad_obs(obs, channels), k)
         return losses.distillation_loss(config.loss, student_q, teacher_q, tau)
 
@@ -152,13 +162,19 @@ class MultiTrainState(NamedTuple):
     updates: jax.Array
 
 
-def make_multitask_train(config: teacher.DQNConfig, games: Sequence[str]):
+def make_multitask_train(
+    config: teacher.DQNConfig,
+    games: Sequence[str],
+    mesh: jax.sharding.Mesh | None = None,
+):
     """A multi-task DQN on gymnax games: (network, init(key), run(state, iterations)).
 
     Every iteration steps `config.num_envs` envs of every game; `config.total_steps` counts env
     steps of all games together. Each gradient step sums one double-DQN minibatch loss per game.
-    Per-iteration metrics: the return sum and episode count per game.
+    Per-iteration metrics: the return sum and episode count per game. A `mesh` with a `data` axis
+    splits each game's minibatch over it.
     """
+    sharding.check_batch(config.batch_size, mesh)
     games = tuple(games)
     k_games = len(games)
     network = build(games, config.net)
@@ -213,7 +229,9 @@ def make_multitask_train(config: teacher.DQNConfig, games: Sequence[str]):
         params, target, opt_state, updates = carry
         keys = jax.random.split(key, k_games)
         batches = [
-            replay.sample_nstep(r, kk, config.batch_size, config.n_step, config.gamma)
+            sharding.constrain_batch(
+                replay.sample_nstep(r, kk, config.batch_size, config.n_step, config.gamma), mesh
+            )
             for r, kk in zip(replays, keys, strict=True)
         ]
         loss, grads = jax.value_and_grad(loss_fn)(params, target, batches)

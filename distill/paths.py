@@ -32,3 +32,9 @@ def budget(default: str = "quick") -> str:
     if value not in ("smoke", "quick", "full"):
         raise ValueError(f"DISTILL_BUDGET={value!r}: choose smoke, quick or full")
     return value
+
+
+def mesh_spec() -> str | None:
+    """The notebooks' device mesh from DISTILL_MESH (e.g. 'seeds=all'; see distill.sharding);
+    None when unset: one device."""
+    return os.environ.get("DISTILL_MESH") or None

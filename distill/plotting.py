@@ -133,3 +133,221 @@ def reference_line(ax, value: float, label: str, color: str = "grey"):
     ax.axhline(value, color=color, ls="--", lw=1, label=label)
     ax.legend(fontsize=8)
     return ax
+
+
+# ---------------------------------------------------------------------------- explanations
+
+
+def minatar_image(obs: np.ndarray) -> np.ndarray:
+    """A MinAtar state `[H, W, C]` as one RGB image `[H, W, 3]`: a colour per object channel
+    (later channels drawn over earlier ones), white where the cell is empty."""
+    obs = np.asarray(obs, dtype=float)
+    colours = plt.get_cmap("tab10")(np.arange(obs.shape[-1]) % 10)[:, :3]
+    image = np.ones((*obs.shape[:2], 3))
+    for c in range(obs.shape[-1]):
+        a = np.clip(obs[..., c], 0, 1)[..., None]
+        image = image * (1 - a) + colours[c] * a
+    return image
+
+
+def _state_image(ax, obs: np.ndarray, title: str = "") -> None:
+    """A MinAtar state (`[H, W, C]`) in colour, or an Atari stack's last frame in grey."""
+    obs = np.asarray(obs)
+    if obs.ndim == 3 and obs.shape[0] < obs.shape[-1]:  # Atari [stack, H, W]
+        ax.imshow(obs[-1], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(minatar_image(obs), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def saliency_comparison(
+    obs: np.ndarray,
+    maps: dict[str, np.ndarray],
+    channel_names: Sequence[str] | None = None,
+    title: str = "",
+):
+    """One state's saliency maps for several policies, side by side, each scaled to its max.
+
+    MinAtar (`obs [H, W, C]`, maps `[H, W, C]`): a row per policy; the state, the map summed
+    over channels, then one map per object channel. Atari (`obs [stack, H, W]`, maps `[H, W]`):
+    a panel per policy, the saliency in red over the last frame.
+    """
+    obs = np.asarray(obs)
+    names = list(maps)
+    if obs.ndim == 3 and obs.shape[0] < obs.shape[-1]:  # Atari
+        fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.9), squeeze=False)
+        for ax, name in zip(axes[0], names, strict=True):
+            m = np.asarray(maps[name], dtype=float)
+            _state_image(ax, obs, name)
+            overlay = np.zeros((*m.shape, 4))
+            overlay[..., 0] = 1.0
+            overlay[..., 3] = m / m.max() if m.max() > 0 else 0.0
+            ax.imshow(overlay)
+    else:
+        c = obs.shape[-1]
+        channel_names = list(channel_names or [f"channel {i}" for i in range(c)])
+        fig, axes = plt.subplots(
+            len(names), c + 2, figsize=(1.45 * (c + 2), 1.55 * len(names) + 0.5), squeeze=False
+        )
+        for r, (row, name) in enumerate(zip(axes, names, strict=True)):
+            m = np.asarray(maps[name], dtype=float)
+            top = m.max() if m.max() > 0 else 1.0
+            _state_image(row[0], obs, "state" if r == 0 else "")
+            row[0].set_ylabel(name, fontsize=8)
+            panels = [("all channels", m.sum(-1) / max(m.sum(-1).max(), 1e-12))]
+            panels += [(channel_names[i], m[..., i] / top) for i in range(c)]
+            for ax, (label, image) in zip(row[1:], panels, strict=True):
+                ax.imshow(image, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(
+    counts: np.ndarray, action_names: Sequence[str] | None = None, ax=None, title: str = ""
+):
+    """Teacher's action (rows) against the student's (columns): colour = share of the row,
+    text = count."""
+    ax = _axes(ax, figsize=(3.2, 3))
+    counts = np.asarray(counts)
+    n = counts.shape[0]
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.6 else "black",
+            )
+    names = list(action_names or [f"a{i}" for i in range(n)])
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(names, fontsize=7, rotation=45)
+    ax.set_yticklabels(names, fontsize=7)
+    ax.set_xlabel("student's action")
+    ax.set_ylabel("teacher's action")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def agreement_by_kind(reports: dict[str, dict], ax=None, title: str = ""):
+    """Agreement with the teacher, overall and per kind of state (`explain.agreement_report`),
+    one group of bars per kind, one bar per student."""
+    ax = _axes(ax, figsize=(5, 3))
+    names = list(reports)
+    first = reports[names[0]]
+    kinds = ["all"] + [k["kind"] for k in first["by_gap"]]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        r = reports[name]
+        values = [r["agreement"]] + [k["agreement"] for k in r["by_gap"]]
+        ax.bar(np.arange(len(kinds)) + i * width, values, width=width, label=name)
+    ax.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2)
+    ax.set_xticklabels(kinds, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("agreement with teacher")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def disagreement_states(
+    obs: np.ndarray,
+    teacher_q: np.ndarray,
+    student_q: np.ndarray,
+    action_names: Sequence[str] | None = None,
+    title: str = "",
+    channel_names: Sequence[str] | None = None,
+):
+    """States `[n, *obs_shape]` where a student and its teacher choose differently, each titled
+    with both choices and the teacher's Q-gap; `channel_names` adds a legend of MinAtar's
+    object colours."""
+    obs, teacher_q, student_q = (np.asarray(x) for x in (obs, teacher_q, student_q))
+    n = obs.shape[0]
+    names = list(action_names or [f"a{i}" for i in range(teacher_q.shape[1])])
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(2.2 * max(n, 1), 2.6), squeeze=False)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no disagreements", ha="center", va="center")
+        axes[0, 0].axis("off")
+    for i, ax in enumerate(axes[0][:n]):
+        top2 = np.sort(teacher_q[i])[-2:]
+        _state_image(
+            ax,
+            obs[i],
+            f"teacher {names[int(teacher_q[i].argmax())]} (gap {top2[1] - top2[0]:.2f})\n"
+            f"student {names[int(student_q[i].argmax())]}",
+        )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    bottom = 0.0
+    if channel_names:  # the colours of minatar_image
+        from matplotlib.patches import Patch
+
+        colours = plt.get_cmap("tab10")(np.arange(len(channel_names)) % 10)
+        handles = [Patch(color=c, label=n) for c, n in zip(colours, channel_names, strict=True)]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7)
+        bottom = 0.1
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
+def linear_weights(
+    w: np.ndarray,
+    channel_names: Sequence[str] | None = None,
+    action_names: Sequence[str] | None = None,
+    title: str = "",
+):
+    """A linear policy's weights `[H, W, C, A]` as images: a row per action, a column per
+    object channel; red pushes towards the action, blue away, one colour scale for all."""
+    w = np.asarray(w, dtype=float)
+    c, a = w.shape[-2:]
+    channel_names = list(channel_names or [f"channel {i}" for i in range(c)])
+    action_names = list(action_names or [f"a{i}" for i in range(a)])
+    top = float(np.abs(w).max()) or 1.0
+    fig, axes = plt.subplots(a, c, figsize=(1.5 * c + 0.8, 1.5 * a + 0.4), squeeze=False)
+    for j in range(a):
+        for i in range(c):
+            ax = axes[j, i]
+            image = ax.imshow(
+                w[..., i, j], cmap="RdBu_r", vmin=-top, vmax=top, interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_title(channel_names[i], fontsize=8)
+            if i == 0:
+                ax.set_ylabel(action_names[j], fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def agreement_overview(reports: dict[str, dict], title: str = ""):
+    """A confusion matrix per student and their agreement per kind of state, in one figure
+    (`reports`: name -> `explain.agreement_report`)."""
+    n = len(reports)
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.3 * n + 5, 3.2), squeeze=False)
+    for ax, (name, r) in zip(axes[0], reports.items(), strict=False):
+        confusion_matrix(r["confusion"], r["action_names"], ax, f"{name}: {r['agreement']:.0%}")
+    agreement_by_kind(reports, axes[0, -1], "by the teacher's Q-gap")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

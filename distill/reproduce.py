@@ -59,7 +59,9 @@ def _machine() -> dict:
     }
 
 
-def _run_stage(stage: str, b: experiments.Budget, runs_dir: Path, progress: bool) -> dict:
+def _run_stage(
+    stage: str, b: experiments.Budget, runs_dir: Path, progress: bool, mesh=None
+) -> dict:
     if stage == "teachers":
         rows = []
         for env_id in b.games:
@@ -76,15 +78,15 @@ def _run_stage(stage: str, b: experiments.Budget, runs_dir: Path, progress: bool
             )
         return {"rows": rows}
     if stage == "losses":
-        result = experiments.loss_comparison(b, runs_dir=runs_dir, progress=progress)
+        result = experiments.loss_comparison(b, runs_dir=runs_dir, progress=progress, mesh=mesh)
         experiments.write_loss_comparison(result, runs_dir / "losses")
         return result
     if stage == "compression":
-        result = experiments.compression(b, runs_dir=runs_dir, progress=progress)
+        result = experiments.compression(b, runs_dir=runs_dir, progress=progress, mesh=mesh)
         experiments.write_compression(result, runs_dir / "compression")
         return result
     if stage == "multitask":
-        result = experiments.multitask(b, runs_dir=runs_dir, progress=progress)
+        result = experiments.multitask(b, runs_dir=runs_dir, progress=progress, mesh=mesh)
         experiments.write_multitask(result, runs_dir / "multitask")
         return result
     if stage == "online":
@@ -94,8 +96,13 @@ def _run_stage(stage: str, b: experiments.Budget, runs_dir: Path, progress: bool
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def reproduce(suite: str, budget_name: str, out: str | Path, progress: bool = True) -> Path:
-    """Run (or resume) every stage; write OUT/report.md and OUT/results.json. Returns OUT."""
+def reproduce(
+    suite: str, budget_name: str, out: str | Path, progress: bool = True, mesh=None
+) -> Path:
+    """Run (or resume) every stage; write OUT/report.md and OUT/results.json. Returns OUT.
+
+    `mesh` (a `jax.sharding.Mesh`, see `distill.sharding`) splits the students' seeds and
+    minibatches across devices; None runs on one device."""
     from distill.config import ConfigError
 
     if suite not in SUITES:
@@ -119,7 +126,7 @@ def reproduce(suite: str, budget_name: str, out: str | Path, progress: bool = Tr
                 continue
         print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
         t0 = time.perf_counter()
-        result = _run_stage(stage, b, out, progress)
+        result = _run_stage(stage, b, out, progress, mesh)
         timings[stage] = round(time.perf_counter() - t0, 1)
         results[stage] = result
         checkpoint.atomic_write_json(

@@ -5,7 +5,8 @@
 one block is `eval_every` minibatch updates (one `lax.scan`) followed, on gymnax envs, by an
 evaluation in the env inside the same compiled call. The dataset arrays and tau are arguments,
 not closed-over constants, so `jax.vmap` runs seeds and tau values side by side.
-`fit(...)` is the CLI's runner: progress, metrics, checkpoints, resume.
+`fit(...)` is the CLI's runner: progress, metrics, checkpoints, resume. With a device mesh that
+has a `data` axis (`distill.sharding`), each minibatch is split across its devices.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill import checkpoint, dataset, envs, evaluate, losses, networks, runs
+from distill import checkpoint, dataset, envs, evaluate, losses, networks, runs, sharding
 from distill.checkpoint import CheckpointError
 from distill.config import ConfigError, in_range, positive_int, require
 
@@ -97,13 +98,20 @@ class Distiller(NamedTuple):
 
 
 def make_distill(
-    config: StudentConfig, env_id: str, stack: int | None = None, conv_grad: str = "auto"
+    config: StudentConfig,
+    env_id: str,
+    stack: int | None = None,
+    conv_grad: str = "auto",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Distiller:
     """Pure distillation pieces for a student of `env_id` (evaluated in-graph on gymnax envs).
 
     `run` scans blocks of updates; `step` is one update, for host loops that call it once per
-    compiled call (with `conv_grad='native'`, the fast form outside loops on CPU).
+    compiled call (with `conv_grad='native'`, the fast form outside loops on CPU). With a `mesh`
+    that has a `data` axis, every minibatch is split over it (data-parallel; the caller places
+    the state and dataset replicated, see `fit`); without one nothing changes.
     """
+    sharding.check_batch(config.batch_size, mesh)
     spec = envs.spec(env_id)
     stack = stack if stack is not None else dataset.stack_of(spec)
     network = networks.build(config.net, spec.obs_shape, spec.num_actions, conv_grad)
@@ -127,7 +135,9 @@ def make_distill(
 
     def update(carry, key, data, tau, first_row):
         params, opt_state = carry
-        obs, teacher_q = dataset.sample(data, key, config.batch_size, stack, first_row)
+        obs, teacher_q = sharding.constrain_batch(
+            dataset.sample(data, key, config.batch_size, stack, first_row), mesh
+        )
         (loss, agree), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, obs, teacher_q, tau
         )
@@ -198,8 +208,15 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     data: dataset.Dataset | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ):
-    """Distil a student from a dataset folder into `out`; returns the loaded student Policy."""
+    """Distil a student from a dataset folder into `out`; returns the loaded student Policy.
+
+    With a `mesh` (a `data` axis), parameters and dataset are replicated on its devices and each
+    minibatch is split across them; the checkpoints are the same files. A mesh without a `data`
+    axis has nothing to split in one run: the student then trains on one device.
+    """
+    mesh = sharding.for_one_run(mesh)
     data = data if data is not None else dataset.load_dataset(dataset_path)
     check_compatible(config, data, None)
     spec = envs.spec(data.env_id)
@@ -210,7 +227,7 @@ def fit(
     # networks.CONV_GRADS); the host loop costs nothing next to a ~30 ms update.
     host_loop = spec.is_atari
     distiller = make_distill(
-        config, data.env_id, data.stack, conv_grad="native" if host_loop else "auto"
+        config, data.env_id, data.stack, conv_grad="native" if host_loop else "auto", mesh=mesh
     )
     state = distiller.init(jax.random.PRNGKey(config.seed))
     rows: list[dict] = []
@@ -239,6 +256,8 @@ def fit(
         raise CheckpointError(f"{folder}: no {checkpoint.MANIFEST}; nothing to resume")
 
     arrays = data.arrays()
+    if mesh is not None:
+        state, arrays = sharding.replicate((state, arrays), mesh)
     if host_loop:
         step = jax.jit(lambda s, d, tau: distiller.step(s, d, tau, data.first_row))
 

@@ -5,7 +5,9 @@ On gymnax envs (MinAtar, CartPole) a whole training run is one `lax.scan`:
 pieces run in chunks (`init`, then `run(state, iterations)`) so the CLI can show progress, write
 checkpoints and resume. On Atari (`fit_atari`) the same jitted update runs in a host loop
 around ale-py's `AtariVectorEnv`. Episode ends by time limit are treated as terminal (the
-observation after a reset is not the truncated state's successor). References: Mnih et al.
+observation after a reset is not the truncated state's successor). With a device mesh
+(`distill.sharding`), `train_seeds` splits seeds across devices and a `data` axis splits each
+gradient minibatch across devices. References: Mnih et al.
 (2015) DQN; van Hasselt et al. (2016) double DQN; Hessel et al. (2018) for n-step returns;
 Ba et al. (2016) LayerNorm in MinAtar nets.
 """
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill import envs, losses, networks, replay
+from distill import envs, losses, networks, replay, sharding
 from distill.config import ConfigError, in_range, positive_int, require
 
 
@@ -185,12 +187,20 @@ def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
     )
 
 
-def make_update(config: DQNConfig, apply_fn: Callable, optimizer, stack: int = 1) -> Callable:
+def make_update(
+    config: DQNConfig,
+    apply_fn: Callable,
+    optimizer,
+    stack: int = 1,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable:
     """One double-DQN gradient step on a fresh n-step minibatch; hard target copy on schedule.
 
     (params, target_params, opt_state, replay, key, updates) -> (params, target, opt, loss).
-    Shared by the gymnax scan and the Atari host loop.
+    Shared by the gymnax scan and the Atari host loop. A `mesh` with a `data` axis splits the
+    minibatch over it (data-parallel); without one nothing changes.
     """
+    sharding.check_batch(config.batch_size, mesh)
 
     def loss_fn(params, target_params, batch: replay.NStepBatch):
         q_tm1 = apply_fn(params, batch.obs_tm1)
@@ -204,6 +214,7 @@ def make_update(config: DQNConfig, apply_fn: Callable, optimizer, stack: int = 1
         batch = replay.sample_nstep(
             buffer, key, config.batch_size, config.n_step, config.gamma, stack
         )
+        batch = sharding.constrain_batch(batch, mesh)
         loss, grads = jax.value_and_grad(loss_fn)(params, target_params, batch)
         step, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, step)
@@ -232,8 +243,12 @@ class Trainer(NamedTuple):
     train: Callable[[jax.Array], tuple[TrainState, Metrics]]
 
 
-def make_train(config: DQNConfig) -> Trainer:
-    """Build the pure training functions for a gymnax env (MinAtar, CartPole)."""
+def make_train(config: DQNConfig, mesh: jax.sharding.Mesh | None = None) -> Trainer:
+    """Build the pure training functions for a gymnax env (MinAtar, CartPole).
+
+    With a `mesh` that has a `data` axis, each gradient minibatch is split over it; acting and
+    replay stay whole on every device (place the state with `sharding.replicate`).
+    """
     spec = envs.spec(config.env_id)
     if spec.is_atari:
         raise ConfigError(f"env_id={config.env_id!r}: Atari teachers train with fit_atari")
@@ -241,7 +256,7 @@ def make_train(config: DQNConfig) -> Trainer:
     network = networks.build(config.net, spec.obs_shape, spec.num_actions)
     apply_fn = network.apply
     optimizer = make_optimizer(config)
-    update = make_update(config, apply_fn, optimizer)
+    update = make_update(config, apply_fn, optimizer, mesh=mesh)
     rows = config.buffer_size // config.num_envs
     learning_starts_iter = config.learning_starts // config.num_envs
     vreset = jax.vmap(env.reset)
@@ -324,6 +339,19 @@ def make_train(config: DQNConfig) -> Trainer:
     return Trainer(config, network, init, run, train)
 
 
+def train_seeds(
+    config: DQNConfig, seeds: int, mesh: jax.sharding.Mesh | None = None
+) -> tuple[TrainState, Metrics]:
+    """`seeds` whole runs side by side in one compiled call, keys split from `config.seed`;
+    results `[seeds, ...]`. With a mesh the seeds are split over its `seeds` axis (and each
+    run's minibatches over `data`); each seed then agrees with its single-device run to float
+    rounding (in the partitioned program XLA compiles the division of the gradient clipping
+    differently: for some tensors as a multiplication by the reciprocal)."""
+    trainer = make_train(config, mesh)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    return sharding.map_seeds(trainer.train, mesh)(keys)
+
+
 # ---------------------------------------------------------------------------- the CLI's runner
 
 
@@ -353,13 +381,16 @@ def fit(
     checkpoint_every_s: float = 120.0,
     eval_episodes: int = 100,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ):
     """Train a gymnax teacher into folder `out`, with progress, metrics, checkpoints and resume.
 
     The run is cut into compiled chunks of `chunk_iterations` vector steps; a checkpoint of the
     whole training state is written every `checkpoint_every_s` seconds and on SIGINT/SIGTERM, so
     at most one interval is lost. Resuming replays the same chunks, so on CPU the result is
-    bit-identical to an uninterrupted run. Returns the loaded `Policy`.
+    bit-identical to an uninterrupted run. With a `mesh` (a `data` axis), the state is
+    replicated on its devices and each gradient minibatch split across them (without a `data`
+    axis the run stays on one device). Returns the loaded `Policy`.
     """
     import time
     from pathlib import Path
@@ -372,7 +403,9 @@ def fit(
 
     folder = Path(out)
     config_dict = to_dict(config)
-    trainer = make_train(config)
+    mesh = sharding.for_one_run(mesh)
+    # without a mesh, the very call fit always made
+    trainer = make_train(config) if mesh is None else make_train(config, mesh)
     state = trainer.init(jax.random.PRNGKey(config.seed))
     rows: list[dict] = []
     wall_before = 0.0
@@ -403,6 +436,7 @@ def fit(
     elif resume and folder.exists() and any(folder.iterdir()):
         raise checkpoint.CheckpointError(f"{folder}: no {checkpoint.MANIFEST}; nothing to resume")
 
+    state = sharding.replicate(state, mesh)
     run = jax.jit(trainer.run, static_argnums=1)
     total = config.iterations
     done = int(state.iteration)

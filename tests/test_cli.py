@@ -113,3 +113,27 @@ def test_console_script():
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 6
     assert result.stdout.startswith("Breakout-MinAtar")
+
+
+def test_export_a_running_teacher(capsys, tmp_path):
+    """`distill export`: the running run's parameters, evaluated, in a finished checkpoint."""
+    module = networks.build("teacher", (4,), 2)
+    params = networks.init_params(module, jax.random.PRNGKey(0), (4,), jnp.float32)
+    manifest = checkpoint.policy_manifest(
+        "teacher", "CartPole-v1", "teacher", 2, {"seed": 0}, status="running", env_steps=1234
+    )
+    checkpoint.save_policy(tmp_path / "run", params, manifest)
+    out = tmp_path / "shipped"
+    assert cli.main(["export", str(tmp_path / "run"), "--out", str(out), "--episodes", "4"]) == 0
+    assert "score" in capsys.readouterr().out
+    shipped = checkpoint.load(out)
+    m = shipped.manifest
+    assert m["status"] == "complete" and m["env_steps"] == 1234 and m["config"] == {"seed": 0}
+    assert m["exported_from"]["status"] == "running"
+    assert m["evaluation"]["episodes"] == 4 and m["random_evaluation"]["episodes"] == 4
+    for a, b in zip(jax.tree.leaves(shipped.params), jax.tree.leaves(params), strict=True):
+        assert (a == b).all()
+    # a second export into the same folder is refused in one line
+    assert cli.main(["export", str(tmp_path / "run"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "already holds a checkpoint" in err

@@ -290,4 +290,5 @@ def test_action_names():
         "LEFTFIRE",
     )
     assert len(envs.action_names("ALE/Breakout-v5")) == envs.spec("ALE/Breakout-v5").num_actions
-    assert envs.action_names("Breakout-MinAtar") == ("a0", "a1", "a2")
+    assert envs.action_names("Breakout-MinAtar") == ("NOOP", "LEFT", "RIGHT")
+    assert envs.action_names("CartPole-v1") == ("a0", "a1")

@@ -1,0 +1,347 @@
+"""Sharded runs against single-device runs on forced CPU devices; run by tests/test_sharding.py.
+
+XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported, and the
+rest of the suite runs on one device, so these checks run in processes of their own:
+
+    python tests/sharding_checks.py student OUT.json       # with 4 forced devices
+    python tests/sharding_checks.py teacher OUT.json       # with 4 forced devices
+    python tests/sharding_checks.py distributed OUT.json PORT PROCESSES PROCESS_ID
+
+Each writes facts (equalities, largest differences, where arrays live) as JSON, and the metrics
+of one sharded run as OUT.npz; the tests assert on them. Everything is tiny: CartPole MLP
+students on a synthetic dataset, a CartPole DQN of 300 updates.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+STUDENT = dict(loss="kl", net="net1", updates=20, eval_every=10, eval_episodes=4, batch_size=64)
+TEACHER = dict(
+    total_steps=1_600,
+    num_envs=4,
+    buffer_size=800,
+    batch_size=32,
+    learning_starts=400,
+    target_update_every=50,
+)
+
+
+def synthetic_dataset(rows: int = 64, num_envs: int = 16):
+    """A CartPole-shaped teacher dataset with random observations and Q-values."""
+    import jax.numpy as jnp
+
+    from distill import dataset
+
+    rng = np.random.default_rng(0)
+    return dataset.Dataset(
+        env_id="CartPole-v1",
+        num_actions=2,
+        stack=1,
+        obs=jnp.asarray(rng.normal(size=(rows, num_envs, 4)).astype(np.float32)),
+        q=jnp.asarray(rng.normal(size=(rows, num_envs, 2)).astype(np.float32)),
+        action=jnp.zeros((rows, num_envs), jnp.int32),
+        reward=jnp.zeros((rows, num_envs), jnp.float32),
+        done=jnp.zeros((rows, num_envs), bool),
+        first_row=0,
+        manifest={"files": {"synthetic": "0"}, "teacher": {"path": "synthetic"}},
+        path="synthetic",
+    )
+
+
+def use_compilation_cache() -> None:
+    """Programs with the same HLO (the padded run) compile once: in the caller's cache
+    (`make test` sets JAX_COMPILATION_CACHE_DIR), else in a fresh one."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+
+    folder = tempfile.mkdtemp(prefix="distill-sharding-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def leaves(tree) -> list[np.ndarray]:
+    import jax
+
+    from distill import sharding
+
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(sharding.to_host(tree))]
+
+
+def row(tree, i: int):
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: np.asarray(x)[i], tree)
+
+
+def same(a, b) -> bool:
+    """Bit-identical pytrees (nan equal to nan)."""
+    return all(
+        x.shape == y.shape and np.array_equal(x, y, equal_nan=True)
+        for x, y in zip(leaves(a), leaves(b), strict=True)
+    )
+
+
+def max_diff(a, b) -> float:
+    return max(
+        float(np.nanmax(np.abs(x.astype(np.float64) - y))) if x.size else 0.0
+        for x, y in zip(leaves(a), leaves(b), strict=True)
+    )
+
+
+def where(tree, mesh) -> dict:
+    """How the leaves of `tree` lie on `mesh`: specs, device sets and which rows each device has."""
+    import jax
+
+    mesh_ids = sorted(d.id for d in mesh.devices.flat)
+    xs = jax.tree_util.tree_leaves(tree)
+    return {
+        "specs": sorted({str(x.sharding.spec) for x in xs}),
+        "on_mesh_devices": all(sorted(d.id for d in x.sharding.device_set) == mesh_ids for x in xs),
+        "replicated": all(x.sharding.is_fully_replicated for x in xs),
+        "shard_rows": sorted({x.sharding.shard_shape(x.shape)[0] for x in xs if x.ndim}),
+        # [device id, first row of the leading axis it holds] for the first leaf, on this host
+        "rows_by_device": [
+            [s.device.id, s.index[0].start or 0]
+            for s in sorted(xs[0].addressable_shards, key=lambda s: s.device.id)
+        ],
+    }
+
+
+def timed(facts: dict, name: str, fn):
+    t0 = time.perf_counter()
+    out = fn()
+    facts.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def single_student_runs(config, data, keys, taus):
+    """Each (key, tau) trained alone on one device, without vmap: [(state, metrics)]."""
+    import jax
+    import jax.numpy as jnp
+
+    from distill import student
+
+    d = student.make_distill(config, data.env_id)
+    run = jax.jit(lambda k, a, t: d.run(d.init(k), a, t, config.blocks, 0, True))
+    return [run(k, data.arrays(), jnp.float32(t)) for k, t in zip(keys, taus, strict=True)]
+
+
+def save_metrics(out: str, metrics) -> None:
+    np.savez(out + ".npz", **{k: np.asarray(v) for k, v in metrics._asdict().items()})
+
+
+def student_checks(out: str) -> dict:
+    import atexit
+    import shutil
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+
+    from distill import experiments, sharding, student
+
+    use_compilation_cache()
+    facts: dict = {"devices": jax.device_count()}
+    data = synthetic_dataset()
+    config = student.StudentConfig(**STUDENT)
+    seeds4 = sharding.make_mesh("seeds=4")
+    data4 = sharding.make_mesh("data=4")
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+    singles = timed(
+        facts, "single_runs", lambda: single_student_runs(config, data, keys, [config.tau] * 4)
+    )
+
+    # (a) 4 seeds on 4 devices: each bit-identical to that seed trained alone on one device
+    _, state, m = timed(facts, "seeds", lambda: experiments.distil_seeds(config, data, 4, seeds4))
+    save_metrics(out, m)
+    facts["seeds"] = {
+        "params_equal": [same(row(state.params, i), s.params) for i, (s, _) in enumerate(singles)],
+        "metrics_equal": [same(row(m, i), sm) for i, (_, sm) in enumerate(singles)],
+        "seeds_differ": not np.allclose(m.loss[0], m.loss[1]),
+        "where": where(state.params, seeds4),
+        "metrics_on_host": all(isinstance(x, np.ndarray) for x in m),
+    }
+    # 3 seeds on 4 devices: padded with a copy of the last seed, dropped from the results (the
+    # same program as above, so it comes from the compilation cache)
+    keys3 = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    _, pad_state, pad_m = timed(
+        facts, "padded", lambda: experiments.distil_seeds(config, data, 3, seeds4)
+    )
+    singles3 = timed(
+        facts, "padded_reference", lambda: single_student_runs(config, data, keys3, [0.01] * 3)
+    )
+    facts["padded"] = {
+        "rows": int(pad_m.loss.shape[0]),
+        "params_equal": [
+            same(row(pad_state.params, i), s.params) for i, (s, _) in enumerate(singles3)
+        ],
+        "metrics_equal": [same(row(pad_m, i), sm) for i, (_, sm) in enumerate(singles3)],
+        "where": where(pad_state.params, seeds4),
+    }
+
+    # (a) a tau sweep: 2 taus x 2 seeds share the seeds axis. The reference is each (seed, tau)
+    # pair run alone on one device through the same vmapped function (tau then is a vmapped
+    # value too: with tau as a scalar argument XLA may rewrite q / tau differently).
+    taus = (0.01, 1.0)
+    sweep_state, sweep_m = timed(
+        facts, "tau_sweep", lambda: experiments.distil_tau_sweep(config, data, 2, taus, seeds4)
+    )
+    d = student.make_distill(config, data.env_id)
+    alone = sharding.map_seeds(
+        lambda pair, a: d.run(d.init(pair[0]), a, pair[1], config.blocks, 0, True)
+    )
+    pairs = [(t, s) for t in range(2) for s in range(2)]
+    references = timed(
+        facts,
+        "tau_sweep_reference",
+        lambda: [
+            alone((keys[s : s + 1], jnp.full((1,), taus[t])), data.arrays())[1] for t, s in pairs
+        ],
+    )
+    facts["tau_sweep"] = {
+        "shape": list(sweep_m.loss.shape),
+        "metrics_equal": [
+            same(row(row(sweep_m, t), s), row(ref, 0))
+            for (t, s), ref in zip(pairs, references, strict=True)
+        ],
+        "taus_differ": not np.allclose(sweep_m.loss[0], sweep_m.loss[1]),
+        "where": where(sweep_state.params, seeds4),
+    }
+
+    # (b) `student.fit` (as `distill student --mesh data=4` calls it): one student whose
+    # minibatches are split over 4 devices, against the same seed trained on one device
+    folder = tempfile.mkdtemp(prefix="distill-sharding-fit-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    meshes = []  # where fit placed its state, recorded through sharding.replicate
+    replicate = sharding.replicate
+    sharding.replicate = lambda tree, mesh: meshes.append(dict(mesh.shape)) or replicate(tree, mesh)
+    policy = timed(
+        facts,
+        "data",
+        lambda: student.fit(config, data.path, folder, progress=False, data=data, mesh=data4),
+    )
+    sharding.replicate = replicate
+    key = jax.random.PRNGKey(config.seed)
+    ((ref, ref_m),) = timed(
+        facts, "data_reference", lambda: single_student_runs(config, data, [key], [config.tau])
+    )
+    # the block program fit compiled, lowered again here (from the compilation cache) to see
+    # what XLA made of it and where its results land
+    d = student.make_distill(config, data.env_id, mesh=data4)
+    state0, arrays = sharding.replicate((d.init(key), data.arrays()), data4)
+    block = jax.jit(lambda s, a, t: d.run(s, a, t, 1, 0, True))
+    compiled = timed(
+        facts, "data_lowering", lambda: block.lower(state0, arrays, jnp.float32(0.01)).compile()
+    )
+    hlo = compiled.as_text()
+    state1, _ = compiled(state0, arrays, jnp.float32(config.tau))
+    facts["data"] = {
+        "replicated_on": meshes,
+        "status": policy.manifest["status"],
+        "max_param_diff": max_diff(ref.params, policy.params),
+        "losses": [[r["loss"] for r in policy.manifest["metrics"]], ref_m.loss.tolist()],
+        "trained_change": max_diff(ref.params, d.init(key).params),
+        "where": where(state1.params, data4),
+        "dataset_where": where(arrays, data4),
+        "all_reduce": "all-reduce" in hlo,
+        # each device's program sees a quarter of the minibatch of 64 observations of 4 floats
+        "per_device_batch": "f32[16,4]" in hlo and "f32[64,4]" not in hlo,
+    }
+
+    return facts
+
+
+def teacher_checks(out: str) -> dict:
+    import jax
+
+    from distill import sharding, teacher
+
+    use_compilation_cache()
+    facts: dict = {"devices": jax.device_count()}
+    seeds4 = sharding.make_mesh("seeds=4")
+    data4 = sharding.make_mesh("data=4")
+    config = teacher.default_config("CartPole-v1", **TEACHER)
+    trainer = teacher.make_train(config)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+    train = jax.jit(trainer.train)
+    singles = timed(facts, "single_runs", lambda: [train(k) for k in keys])
+    state, m = timed(facts, "seeds", lambda: teacher.train_seeds(config, 4, seeds4))
+    dp_trainer = teacher.make_train(config, data4)
+    dp, dp_m = timed(
+        facts, "data", lambda: jax.jit(dp_trainer.train)(sharding.replicate(keys[0], data4))
+    )
+    ref, ref_m = singles[0]
+    facts["seeds"] = {
+        "params_equal": [same(row(state.params, i), s.params) for i, (s, _) in enumerate(singles)],
+        "max_param_diff": max(
+            max_diff(row(state.params, i), s.params) for i, (s, _) in enumerate(singles)
+        ),
+        "returns_equal": [
+            same(row(m.return_sum, i), sm.return_sum) for i, (_, sm) in enumerate(singles)
+        ],
+        "updates": int(np.asarray(state.updates)[0]),
+        "where": where(state.params, seeds4),
+    }
+    facts["data"] = {
+        "max_param_diff": max_diff(ref.params, dp.params),
+        "trained_change": max_diff(ref.params, trainer.init(keys[0]).params),
+        "where": where(dp.params, data4),
+        "replay_where": where(dp.replay, data4),
+    }
+    return facts
+
+
+def distributed_checks(out: str, port: int, processes: int, process_id: int) -> dict:
+    from distill import sharding
+
+    use_compilation_cache()
+    sharding.initialize_distributed(f"localhost:{port}", processes, process_id)
+    sharding.initialize_distributed(f"localhost:{port}", processes, process_id)  # a no-op
+    import jax
+
+    from distill import experiments, student
+
+    facts: dict = {
+        "process_count": jax.process_count(),
+        "process_index": jax.process_index(),
+        "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "share": sharding.process_share(["a", "b", "c"]),
+        "main": sharding.is_main_process(),
+    }
+    config = student.StudentConfig(**STUDENT)
+    # seeds over the processes, each student's minibatch over the devices of its process
+    mesh = sharding.make_mesh(f"seeds={processes},data=all")
+    _, state, m = experiments.distil_seeds(config, synthetic_dataset(), 4, mesh)
+    sharding.barrier("sharding-checks")
+    save_metrics(out, m)
+    facts["mesh_shape"] = dict(mesh.shape)
+    facts["mesh_processes"] = [[d.process_index for d in r] for r in mesh.devices.tolist()]
+    facts["where"] = where(state.params, mesh)
+    facts["fully_addressable"] = jax.tree_util.tree_leaves(state.params)[0].is_fully_addressable
+    return facts
+
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], sys.argv[2]
+    checks = {"student": student_checks, "teacher": teacher_checks}
+    if mode in checks:
+        result = checks[mode](out)
+    else:
+        result = distributed_checks(out, *(int(a) for a in sys.argv[3:6]))
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
