@@ -7,7 +7,8 @@
      `AtariVectorEnv` rate and the teacher's own inference rate set, both measured here.
 2. Student training, run as `student.fit` runs it (a scan of updates on MinAtar, one update per
    call with native convolution gradients on Atari): samples/s and achieved FLOP/s (XLA's own
-   count of one compiled update) against a dense float32 matmul's FLOP/s.
+   count of one compiled update) against a dense float32 matmul's FLOP/s, measured just before
+   and just after each case (this CPU's matmul rate drifts by 20 % within minutes).
 
     python benchmarks/distill_throughput.py [--quick]
 """
@@ -117,13 +118,13 @@ def student_training(net: str, env_id: str, batch: int, updates: int) -> dict:
     stack = 4 if atari else 1
     state = distiller.init(jax.random.PRNGKey(0))
     tau = jnp.float32(config.tau)
-    step = jax.jit(lambda s, d: distiller.step(s, d, tau, stack - 1))
+    step = jax.jit(lambda s, d: distiller.step(s, d, tau, stack - 1), donate_argnums=0)
     flops = step.lower(state, data).compile().cost_analysis()
     flops = float((flops[0] if isinstance(flops, list) else flops).get("flops", float("nan")))
     if atari:
 
         def go():
-            s = state
+            s = jax.tree_util.tree_map(jnp.copy, state)  # `step` donates its state
             for _ in range(updates):
                 s, _ = step(s, data)
             jax.block_until_ready(s.params)
@@ -168,10 +169,14 @@ def main() -> None:
     for net, env_id, batch in cases:
         family = "Atari" if envs.spec(env_id).is_atari else "MinAtar"
         steps = (20 if family == "Atari" else 500) * scale
+        # this CPU's matmul rate drifts by 20 % within minutes: measure it beside each case
+        before = matmul_flops()
         r = student_training(net, env_id, batch, steps)
+        ref = (before + matmul_flops()) / 2
         print(
             f"{family:<8} {net:<8} batch {batch:<3} {r['samples']:>10,.0f} samples/s "
-            f"{r['flops'] / 1e9:>7.1f} GFLOP/s  ratio to matmul {r['flops'] / ref:.3f}"
+            f"{r['flops'] / 1e9:>7.1f} GFLOP/s  matmul {ref / 1e9:>5.1f}  "
+            f"ratio {r['flops'] / ref:.3f}"
         )
 
 

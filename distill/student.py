@@ -259,7 +259,10 @@ def fit(
     if mesh is not None:
         state, arrays = sharding.replicate((state, arrays), mesh)
     if host_loop:
-        step = jax.jit(lambda s, d, tau: distiller.step(s, d, tau, data.first_row))
+        # the old state is dead after each update: let XLA write the new one in its buffers
+        step = jax.jit(
+            lambda s, d, tau: distiller.step(s, d, tau, data.first_row), donate_argnums=0
+        )
 
         def run_block(s, d, tau):
             metrics = []

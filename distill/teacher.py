@@ -581,7 +581,7 @@ def fit_atari(
         params = networks.init_params(network, k_net, spec.obs_shape, spec.obs_dtype)
         return TrainState(
             params=params,
-            target_params=params,
+            target_params=jax.tree_util.tree_map(jnp.copy, params),  # donated apart from params
             opt_state=optimizer.init(params),
             replay=replay.init(rows, n, spec.obs_shape[1:], jnp.uint8),
             env_state=jnp.zeros(()),  # the emulators live in C++ threads
@@ -596,7 +596,7 @@ def fit_atari(
     def act(params, obs, key, iteration):
         return epsilon_greedy(key, network.apply(params, obs), epsilon_at(config, iteration * n))
 
-    @functools.partial(jax.jit, donate_argnums=(3,))
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
     def learn(params, target, opt_state, buffer, key, updates):
         losses_ = []
         for k in jax.random.split(key, config.updates_per_step):
