@@ -295,10 +295,7 @@ def _generate_atari(
     # A resumed Atari dataset continues with fresh episodes (the emulators' state is not saved).
     seed = config.seed + 1_000_003 * len(shards)
     halves = [envs.make_atari(spec.env_id, half, training=False) for _ in range(2)]
-    obs = []
-    for i, h in enumerate(halves):
-        first, info = h.reset(seed=seed + 7919 * i)
-        obs.append(first[np.argsort(info["env_id"])])
+    obs = [envs.reset_in_env_order(h, seed + 7919 * i) for i, h in enumerate(halves)]
     act = jax.jit(lambda p, o, k: _act(policy.apply, p, o, k, config.epsilon))
     key = jax.random.PRNGKey(seed)
     history = {  # the rows before the shard, for rebuilding stacks: start of data = zeros, done

@@ -285,6 +285,14 @@ def make_atari(
     )
 
 
+def reset_in_env_order(env, seed: int):
+    """`env.reset(seed=seed)`'s observations in env-id order (see `in_env_order`)."""
+    import numpy as np
+
+    obs, info = env.reset(seed=seed)
+    return obs[np.argsort(info["env_id"])]
+
+
 def in_env_order(obs, reward, terminated, truncated, info):
     """An `AtariVectorEnv` step result in env-id order: (obs, reward, terminated, truncated).
 

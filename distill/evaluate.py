@@ -122,8 +122,7 @@ def evaluate_atari(
     env = envs.make_atari(env_id, num_envs, training=False)
     act = jax.jit(lambda p, o, k: _eps_greedy(apply_fn(p, o), k, epsilon))
     key = jax.random.PRNGKey(seed)
-    obs, info = env.reset(seed=seed)
-    obs = obs[np.argsort(info["env_id"])]
+    obs = envs.reset_in_env_order(env, seed)
     quota = [episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)]
     totals = np.zeros(num_envs)
     scores: list[list[float]] = [[] for _ in range(num_envs)]

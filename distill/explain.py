@@ -426,8 +426,7 @@ def _collect_atari(policy, num_states, seed, epsilon, spacing) -> np.ndarray:
     key = jax.random.PRNGKey(seed)
     kept = []
     try:
-        obs, info = env.reset(seed=seed)
-        obs = obs[np.argsort(info["env_id"])]
+        obs = envs.reset_in_env_order(env, seed)
         while len(kept) * num_envs < num_states:
             for _ in range(spacing):
                 key, k = jax.random.split(key)

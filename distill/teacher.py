@@ -663,9 +663,7 @@ def fit_atari(
         runs.write_metrics(folder, metrics)
 
     env = envs.make_atari(config.env_id, n, training=True)
-    obs, info = env.reset(seed=config.seed + int(state.iteration))
-    order = np.argsort(info["env_id"])
-    obs = obs[order]
+    obs = envs.reset_in_env_order(env, config.seed + int(state.iteration))
     params, target, opt_state = state.params, state.target_params, state.opt_state
     buffer, key, updates = state.replay, state.key, state.updates
     iteration = int(state.iteration)
