@@ -48,7 +48,7 @@ BUDGETS = {
         "quick", MINATAR_GAMES, 1_000_000, 32_768, 1_000, 500, 2, 24, 200_000, 150_000, 8
     ),
     "full": Budget(
-        "full", MINATAR_GAMES, 1_000_000, 262_144, 30_000, 2_500, 5, 100, None, 1_000_000, 50
+        "full", MINATAR_GAMES, 1_000_000, 262_144, 10_000, 2_000, 5, 100, None, 1_000_000, 40
     ),
 }
 
@@ -124,14 +124,23 @@ def distil_seeds(
     data: dataset.Dataset,
     seeds: int,
     mesh: jax.sharding.Mesh | None = None,
+    cache: str | Path | None = None,
 ):
     """Train `seeds` students side by side (jax.vmap); returns final params and metrics.
 
     Metrics are `[seeds, blocks]` numpy arrays (loss, agreement, in-env score after each block).
-    Atari envs live on the host, so there only the final students are evaluated (after the
-    compiled run) and earlier blocks' scores are nan. With a `mesh` the seeds are split over its
-    `seeds` axis (per seed bit-identical to the single-device run) and each student's minibatches
-    over its `data` axis (`sharding.map_seeds`); the final state stays split over `seeds`.
+    With a `mesh` the seeds are split over its `seeds` axis (per seed bit-identical to the
+    single-device run) and each student's minibatches over its `data` axis
+    (`sharding.map_seeds`); the final state stays split over `seeds`.
+
+    With a `cache` folder the finished students are stored there under a name derived from the
+    config, the dataset's checksums and `seeds`, and a later call with the same three reads them
+    back instead of training: a long experiment interrupted between students loses none.
+
+    Atari envs live on the host and Atari-size convolutions train fastest one update per
+    compiled call on CPU, so there each seed is a `student.fit` run (seed `config.seed + s`,
+    evaluated in the env after every block) in `cache` (or a temporary folder), which also
+    resumes a student interrupted half-way.
     """
     memo_key = (
         "distil",
@@ -143,27 +152,122 @@ def distil_seeds(
     )
     if memo_key in _MEMO:
         return _MEMO[memo_key]
+    folder = Path(cache) / student_folder_name(config, data, seeds) if cache else None
+    if envs.spec(data.env_id).is_atari:
+        result = _distil_host_seeds(config, data, seeds, mesh, folder)
+    elif folder is not None and (folder / checkpoint.MANIFEST).exists():
+        result = _read_students(folder, config, data, seeds)
+    else:
+        result = _distil_in_graph_seeds(config, data, seeds, mesh)
+        if folder is not None:
+            _write_students(folder, config, data, seeds, result)
+    _MEMO[memo_key] = result
+    return result
+
+
+def _distil_in_graph_seeds(config, data, seeds, mesh):
     distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
-    in_graph = not envs.spec(data.env_id).is_atari
 
     def one(key, arrays, tau):
         state = distiller.init(key)
-        return distiller.run(state, arrays, tau, config.blocks, data.first_row, in_graph)
+        return distiller.run(state, arrays, tau, config.blocks, data.first_row, True)
 
     run = sharding.map_seeds(one, mesh)
     state, metrics = run(keys, data.arrays(), jnp.float32(config.tau))
-    metrics = sharding.to_host(metrics)
-    if not in_graph:
-        score = np.array(metrics.score)
-        for s in range(seeds):
-            params = jax.tree_util.tree_map(lambda x, s=s: x[s], state.params)
-            score[s, -1] = evaluate.evaluate_atari(
-                distiller.network.apply, params, data.env_id, config.eval_episodes, seed=s
-            ).mean
-        metrics = metrics._replace(score=score)
-    _MEMO[memo_key] = (distiller, state, metrics)
+    return distiller, state, sharding.to_host(metrics)
+
+
+def _distil_host_seeds(config, data, seeds, mesh, folder):
+    """One `student.fit` per seed (in `folder`, resumable), stacked like the in-graph path."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = folder if folder is not None else Path(scratch)
+        policies = [
+            student.fit(
+                dataclasses.replace(config, seed=config.seed + s),
+                data.path,
+                str(root / f"seed_{s}"),
+                resume=True,
+                progress=False,
+                data=data,
+                mesh=mesh,
+            )
+            for s in range(seeds)
+        ]
+    rows = [p.manifest["metrics"] for p in policies]
+    metrics = student.BlockMetrics(
+        *(
+            np.array([[r[k] for r in rs] for rs in rows], np.float32)
+            for k in student.BlockMetrics._fields
+        )
+    )
+    params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(p.params for p in policies))
+    state = student.StudentState(params, None, None, jnp.full((seeds,), config.updates))
+    return _distiller(config, data), state, metrics
+
+
+def student_folder_name(config: student.StudentConfig, data: dataset.Dataset, seeds: int) -> str:
+    """`<game>_<net>_<loss>_<hash>`: the hash covers the whole config, the dataset and seeds."""
+    import hashlib
+    import json
+
+    key = json.dumps(
+        {
+            "config": dataclasses.asdict(config),
+            "dataset": sorted(data.manifest["files"].items()),
+            "seeds": seeds,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{envs.spec(data.env_id).safe_name}_{config.net}_{config.loss}_{digest}"
+
+
+def _write_students(folder: Path, config, data, seeds, result) -> None:
+    _, state, metrics = result
+    checkpoint.write_checkpoint(
+        folder,
+        {checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(sharding.to_host(state))},
+        {
+            "kind": "students",
+            "env_id": data.env_id,
+            "config": dataclasses.asdict(config),
+            "dataset": student.dataset_fingerprint(data),
+            "seeds": seeds,
+            "metrics": {k: np.asarray(v).tolist() for k, v in metrics._asdict().items()},
+        },
+    )
+
+
+def _read_students(folder: Path, config, data, seeds):
+    """Students `_write_students` stored; anything that does not match is refused by name."""
+    manifest = checkpoint.read_manifest(folder)
+    if (
+        manifest.get("config") != dataclasses.asdict(config)
+        or manifest.get("seeds") != seeds
+        or not dataset.same_source(manifest.get("dataset"), student.dataset_fingerprint(data))
+    ):
+        raise checkpoint.CheckpointError(
+            f"{folder / checkpoint.MANIFEST}: holds students of another config, dataset or "
+            "number of seeds"
+        )
+    distiller = _distiller(config, data)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    template = jax.eval_shape(jax.vmap(distiller.init), keys)
+    raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
+    state = checkpoint.pytree_from_bytes(
+        raw, template, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE, manifest))
+    )
+    metrics = student.BlockMetrics(
+        *(np.array(manifest["metrics"][k], np.float32) for k in student.BlockMetrics._fields)
+    )
     return distiller, state, metrics
+
+
+def _distiller(config, data):
+    return student.make_distill(config, data.env_id, data.stack)
 
 
 def distil_tau_sweep(
@@ -248,7 +352,7 @@ def loss_comparison(
                 eval_every=b.eval_every,
                 eval_episodes=b.eval_episodes,
             )
-            _, _, m = distil_seeds(config, data, b.seeds, mesh)
+            _, _, m = distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
             for seed in range(b.seeds):
                 score = float(m.score[seed, -1])
                 rows.append(
@@ -391,7 +495,7 @@ def compression(
                 eval_every=b.eval_every,
                 eval_episodes=b.eval_episodes,
             )
-            _, _, m = distil_seeds(config, data, b.seeds, mesh)
+            _, _, m = distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
             n_params = networks.param_count(net, spec.obs_shape, spec.num_actions)
             for seed in range(b.seeds):
                 score = float(m.score[seed, -1])

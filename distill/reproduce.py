@@ -27,7 +27,7 @@ SUITES = {
             "smoke", ("ALE/Pong-v5",), 2_000, 512, 40, 20, 1, 1, None, 0, 0
         ),
         "quick": experiments.Budget(
-            "quick", ("ALE/Pong-v5",), 2_000_000, 100_000, 20_000, 5_000, 2, 10, None, 0, 0
+            "quick", ("ALE/Pong-v5",), 2_000_000, 100_000, 10_000, 5_000, 2, 10, None, 0, 0
         ),
         "full": experiments.Budget(
             "full", ("ALE/Pong-v5",), 2_000_000, 500_000, 100_000, 10_000, 3, 30, None, 0, 0

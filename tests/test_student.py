@@ -146,6 +146,31 @@ def test_distil_seeds_differ_and_match_single_runs(seeds_run, data):
             np.testing.assert_allclose(getattr(metrics, name)[k], want, rtol=1e-5, err_msg=name)
 
 
+def test_distil_seeds_cache_reads_back_the_same_students(tmp_path, monkeypatch, seeds_run, data):
+    """Students stored in a cache folder come back equal, without training; a folder of
+    another config is refused, naming its manifest."""
+    _, trained, trained_metrics = seeds_run("kl")
+    monkeypatch.setattr(experiments, "_MEMO", {})
+    experiments.distil_seeds(config_for("kl"), data, 2, cache=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    assert folder.name == experiments.student_folder_name(config_for("kl"), data, 2)
+    monkeypatch.setattr(experiments, "_MEMO", {})
+    monkeypatch.setattr(
+        experiments, "_distil_in_graph_seeds", lambda *a: pytest.fail("trained again")
+    )
+    _, state, metrics = experiments.distil_seeds(config_for("kl"), data, 2, cache=tmp_path)
+    for got, want in zip(leaves(state), leaves(trained), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(metrics, trained_metrics, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # a folder whose manifest holds another config (renamed by hand, say) is refused
+    other = tmp_path / experiments.student_folder_name(config_for("kl", lr=5e-4), data, 2)
+    folder.rename(other)
+    monkeypatch.setattr(experiments, "_MEMO", {})
+    with pytest.raises(checkpoint.CheckpointError, match=f"{other.name}.*another config"):
+        experiments.distil_seeds(config_for("kl", lr=5e-4), data, 2, cache=tmp_path)
+
+
 def test_tau_is_an_argument_of_the_compiled_run(data):
     distiller, block = one_block_runner(FIT)
     init = distiller.init(jax.random.PRNGKey(1))
