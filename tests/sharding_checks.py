@@ -5,11 +5,13 @@ rest of the suite runs on one device, so these checks run in processes of their 
 
     python tests/sharding_checks.py student OUT.json       # with 4 forced devices
     python tests/sharding_checks.py teacher OUT.json       # with 4 forced devices
+    python tests/sharding_checks.py multitask OUT.json     # with 4 forced devices
     python tests/sharding_checks.py distributed OUT.json PORT PROCESSES PROCESS_ID
 
 Each writes facts (equalities, largest differences, where arrays live) as JSON, and the metrics
 of one sharded run as OUT.npz; the tests assert on them. Everything is tiny: CartPole MLP
-students on a synthetic dataset, a CartPole DQN of 300 updates.
+students on a synthetic dataset, a CartPole DQN of 300 updates, multi-task MinAtar students
+(two games, synthetic datasets) and a multi-task DQN of 300 updates.
 """
 
 from __future__ import annotations
@@ -49,6 +51,36 @@ def synthetic_dataset(rows: int = 64, num_envs: int = 16):
         done=jnp.zeros((rows, num_envs), bool),
         first_row=0,
         manifest={"files": {"synthetic": "0"}, "teacher": {"path": "synthetic"}},
+        path="synthetic",
+    )
+
+
+MULTI_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar")
+MULTI_STUDENT = dict(STUDENT, net="net3", eval_episodes=2)
+MULTI_DQN = dict(
+    TEACHER, learning_starts=800
+)  # 100 iterations of 2 games x 4 envs, then 200 updates
+
+
+def synthetic_minatar(env_id: str, rows: int = 32, num_envs: int = 8):
+    """A MinAtar-shaped teacher dataset: random sparse boolean frames and random Q-values."""
+    import jax.numpy as jnp
+
+    from distill import dataset, envs
+
+    spec = envs.spec(env_id)
+    rng = np.random.default_rng(len(env_id))
+    return dataset.Dataset(
+        env_id=env_id,
+        num_actions=spec.num_actions,
+        stack=1,
+        obs=jnp.asarray(rng.random((rows, num_envs, *spec.obs_shape)) < 0.1),
+        q=jnp.asarray(rng.normal(size=(rows, num_envs, spec.num_actions)).astype(np.float32)),
+        action=jnp.zeros((rows, num_envs), jnp.int32),
+        reward=jnp.zeros((rows, num_envs), jnp.float32),
+        done=jnp.zeros((rows, num_envs), bool),
+        first_row=0,
+        manifest={"files": {"synthetic": env_id}, "teacher": {"path": "synthetic"}},
         path="synthetic",
     )
 
@@ -305,6 +337,66 @@ def teacher_checks(out: str) -> dict:
     return facts
 
 
+def multitask_checks(out: str) -> dict:
+    """Multi-task students over seeds=4 and data=4 meshes, and a data-parallel multi-task DQN,
+    against the same runs on one device."""
+    import jax
+
+    from distill import experiments, sharding, student, teacher
+    from distill import multitask as mt
+
+    use_compilation_cache()
+    facts: dict = {"devices": jax.device_count()}
+    seeds4 = sharding.make_mesh("seeds=4")
+    data4 = sharding.make_mesh("data=4")
+    config = student.StudentConfig(**MULTI_STUDENT)
+    datas = tuple(synthetic_minatar(g).arrays() for g in MULTI_GAMES)
+    run = lambda mesh: experiments.distil_multitask_seeds(  # noqa: E731
+        config, MULTI_GAMES, datas, 4, mesh
+    )
+    ref = timed(facts, "students_reference", lambda: run(None))
+    by_seeds = timed(facts, "students_seeds", lambda: run(seeds4))
+    by_data = timed(facts, "students_data", lambda: run(data4))
+    facts["students"] = {
+        "shape": list(np.asarray(ref.score).shape),  # [seeds, blocks, games]
+        "seeds_scores_equal": [same(row(by_seeds.score, i), row(ref.score, i)) for i in range(4)],
+        "seeds_max_loss_diff": max_diff(by_seeds.loss, ref.loss),
+        "seeds_differ": not np.allclose(np.asarray(ref.loss)[0], np.asarray(ref.loss)[1]),
+        "where_seeds": where(by_seeds, seeds4),
+        "data_max_loss_diff": max_diff(by_data.loss, ref.loss),
+        "loss_scale": float(np.abs(np.asarray(ref.loss)).min()),
+        "scores_finite": bool(np.isfinite(np.asarray(by_data.score)).all()),
+    }
+    dqn = teacher.default_config(MULTI_GAMES[0], **MULTI_DQN)
+    key = jax.random.PRNGKey(0)
+    states = {}
+    for name, mesh in (("dqn_reference", None), ("dqn_data", data4)):
+        network, init, train, iterations = mt.make_multitask_train(dqn, MULTI_GAMES, mesh)
+        k = key if mesh is None else sharding.replicate(key, mesh)
+        states[name] = timed(
+            facts,
+            name,
+            lambda init=init, train=train, k=k, n=iterations: jax.jit(
+                lambda kk: train(init(kk), n)
+            )(k),
+        )
+    (ref_state, ref_m), (dp_state, dp_m) = states["dqn_reference"], states["dqn_data"]
+    facts["dqn"] = {
+        "updates": int(ref_state.updates),
+        "max_param_diff": max_diff(ref_state.params, dp_state.params),
+        "trained_change": max_diff(ref_state.params, init(key).params),
+        "where": where(dp_state.params, data4),
+        "replay_where": where(dp_state.replays, data4),
+        # the acting policy follows the parameters: once rounding flips one greedy action the
+        # two runs see different games, so the run is kept short enough that none flips
+        "returns_equal": same(ref_m[0], dp_m[0]),
+        "max_loss_rel_diff": float(
+            np.nanmax(np.abs(np.asarray(ref_m[2]) - np.asarray(dp_m[2])) / np.asarray(ref_m[2]))
+        ),
+    }
+    return facts
+
+
 def distributed_checks(out: str, port: int, processes: int, process_id: int) -> dict:
     from distill import sharding
 
@@ -338,7 +430,7 @@ def distributed_checks(out: str, port: int, processes: int, process_id: int) -> 
 
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
-    checks = {"student": student_checks, "teacher": teacher_checks}
+    checks = {"student": student_checks, "teacher": teacher_checks, "multitask": multitask_checks}
     if mode in checks:
         result = checks[mode](out)
     else:

@@ -3,7 +3,7 @@ subprocesses on forced CPU devices (tests/sharding_checks.py), because
 XLA_FLAGS=--xla_force_host_platform_device_count must be set before jax is imported and the rest
 of the suite runs on one device.
 
-The four subprocesses (students and teachers on 4 devices; two processes of 2 devices joined by
+The five subprocesses (students, teachers and multi-task runs on 4 devices; two processes of 2 devices joined by
 `jax.distributed` on localhost) start together when the first test needs them.
 """
 
@@ -210,6 +210,7 @@ class Runs:
         self.procs = {
             "student": start("student", folder / "student.json", 4),
             "teacher": start("teacher", folder / "teacher.json", 4),
+            "multitask": start("multitask", folder / "multitask.json", 4),
             **{
                 f"process{i}": start("distributed", folder / f"process{i}.json", 2, port, 2, i)
                 for i in range(2)
@@ -302,6 +303,31 @@ def test_teacher_seeds_over_4_devices(runs):
 def test_teacher_data_parallel_within_float_tolerance(runs):
     f = runs.facts("teacher")["data"]
     assert f["trained_change"] > 1e-2 and f["max_param_diff"] < 1e-5, f
+    for where in (f["where"], f["replay_where"]):
+        assert where["specs"] == ["P()"] and where["replicated"] and where["on_mesh_devices"]
+
+
+def test_multitask_students_over_seeds_and_data(runs):
+    """`experiments.distil_multitask_seeds` (two MinAtar games, synthetic datasets) over
+    seeds=4 and data=4 meshes against the same four seeds on one device."""
+    facts = runs.facts("multitask")
+    assert facts["devices"] == 4
+    f = facts["students"]
+    assert f["shape"] == [4, 2, 2]  # [seeds, blocks, games]
+    # as the teacher's: equal to float rounding (1 ulp in some losses), the same play
+    assert f["seeds_max_loss_diff"] < 1e-6 * f["loss_scale"] and all(f["seeds_scores_equal"]), f
+    assert f["seeds_differ"]
+    assert_split_over_seeds(f["where_seeds"])
+    assert f["data_max_loss_diff"] < 1e-5 * f["loss_scale"] and f["scores_finite"], f
+
+
+def test_multitask_dqn_data_parallel_within_float_tolerance(runs):
+    f = runs.facts("multitask")["dqn"]
+    assert f["updates"] == 200 and f["returns_equal"], f
+    # Adam scales each step by the gradient's own size, so where gradients are near zero their
+    # rounding moves a parameter by up to ~1e-5 (measured 2.3e-5 of a 5e-2 change)
+    assert f["trained_change"] > 1e-2 and f["max_param_diff"] < 1e-4, f
+    assert f["max_loss_rel_diff"] < 1e-5, f
     for where in (f["where"], f["replay_where"]):
         assert where["specs"] == ["P()"] and where["replicated"] and where["on_mesh_devices"]
 
