@@ -76,7 +76,6 @@ def cmd_nets(args) -> int:
 
 def cmd_teacher(args) -> int:
     from distill import teacher
-    from distill.config import ConfigError
 
     mesh = _mesh(args, ("data",))
     overrides = {"seed": args.seed}
@@ -86,9 +85,7 @@ def cmd_teacher(args) -> int:
     from distill import envs
 
     if envs.spec(config.env_id).is_atari:
-        if mesh is not None:
-            raise ConfigError("--mesh: Atari teachers train in a host loop on one device")
-        policy = teacher.fit_atari(config, args.out, resume=args.resume)
+        policy = teacher.fit_atari(config, args.out, resume=args.resume, mesh=mesh)
     else:
         policy = teacher.fit(config, args.out, resume=args.resume, mesh=mesh)
     ev = policy.manifest.get("evaluation", {})

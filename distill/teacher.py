@@ -545,6 +545,7 @@ def fit_atari(
     eval_episodes: int = 30,
     progress: bool = True,
     log_every: int = 1000,
+    mesh: jax.sharding.Mesh | None = None,
 ):
     """Train an Atari teacher: the jitted double-DQN update in a host loop around ale-py.
 
@@ -554,6 +555,9 @@ def fit_atari(
     replay (frame stacks are rebuilt when sampling). Checkpoints hold parameters, optimiser,
     replay and counters; the emulators' own state is not saved, so a resumed run starts fresh
     episodes (the episode in flight is cut) and is not bit-identical to an uninterrupted one.
+    With a `mesh` (a `data` axis), parameters and replay are replicated on its devices and each
+    gradient minibatch is split across them; the emulators stay on the host, the checkpoints are
+    the same files.
     """
     import time
     from pathlib import Path
@@ -572,7 +576,8 @@ def fit_atari(
     stack = spec.obs_shape[0]
     # One or two updates per compiled call, not a scan: native conv gradients are the fast ones.
     learner = networks.build(config.net, spec.obs_shape, spec.num_actions, conv_grad="native")
-    update = make_update(config, learner.apply, optimizer, stack)
+    mesh = sharding.for_one_run(mesh)
+    update = make_update(config, learner.apply, optimizer, stack, mesh)
     rows = config.buffer_size // config.num_envs
     n = config.num_envs
 
@@ -662,6 +667,8 @@ def fit_atari(
         checkpoint.write_checkpoint(folder, files, manifest, drop)
         runs.write_metrics(folder, metrics)
 
+    if mesh is not None:
+        state = sharding.replicate(state, mesh)
     env = envs.make_atari(config.env_id, n, training=True)
     obs = envs.reset_in_env_order(env, config.seed + int(state.iteration))
     params, target, opt_state = state.params, state.target_params, state.opt_state

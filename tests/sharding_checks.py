@@ -55,6 +55,8 @@ def synthetic_dataset(rows: int = 64, num_envs: int = 16):
     )
 
 
+# Pong, 8 envs x 40 iterations: 24 iterations of 2 updates of 32 after 16 of filling replay
+ATARI = dict(total_steps=320, buffer_size=320, learning_starts=128, target_update_every=20)
 MULTI_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar")
 MULTI_STUDENT = dict(STUDENT, net="net3", eval_episodes=2)
 MULTI_DQN = dict(
@@ -317,6 +319,7 @@ def teacher_checks(out: str) -> dict:
         facts, "data", lambda: jax.jit(dp_trainer.train)(sharding.replicate(keys[0], data4))
     )
     ref, ref_m = singles[0]
+    facts["atari"] = atari_checks(data4)
     facts["seeds"] = {
         "params_equal": [same(row(state.params, i), s.params) for i, (s, _) in enumerate(singles)],
         "max_param_diff": max(
@@ -335,6 +338,36 @@ def teacher_checks(out: str) -> dict:
         "replay_where": where(dp.replay, data4),
     }
     return facts
+
+
+def atari_checks(mesh) -> dict:
+    """`fit_atari` on a data=4 mesh against the same run on one device (Pong, a few updates)."""
+    import tempfile
+
+    from distill import sharding, teacher
+
+    config = teacher.default_config("ALE/Pong-v5", **ATARI)
+    replicate = sharding.replicate
+    meshes = []
+    sharding.replicate = lambda tree, m: meshes.append(dict(m.shape)) or replicate(tree, m)
+    with tempfile.TemporaryDirectory() as folder:
+        run = lambda name, m: teacher.fit_atari(  # noqa: E731
+            config, f"{folder}/{name}", eval_episodes=1, progress=False, log_every=8, mesh=m
+        )
+        ref = run("one", None)
+        dp = run("data", mesh)
+        sharding.replicate = replicate
+    return {
+        "replicated_on": meshes,
+        "status": [ref.manifest["status"], dp.manifest["status"]],
+        "returns_equal": [r["mean_return"] for r in ref.manifest["metrics"]]
+        == [r["mean_return"] for r in dp.manifest["metrics"]],
+        "max_param_diff": max_diff(ref.params, dp.params),
+        "losses": [
+            [r["loss"] for r in ref.manifest["metrics"]],
+            [r["loss"] for r in dp.manifest["metrics"]],
+        ],
+    }
 
 
 def multitask_checks(out: str) -> dict:

@@ -3,8 +3,9 @@ subprocesses on forced CPU devices (tests/sharding_checks.py), because
 XLA_FLAGS=--xla_force_host_platform_device_count must be set before jax is imported and the rest
 of the suite runs on one device.
 
-The five subprocesses (students, teachers and multi-task runs on 4 devices; two processes of 2 devices joined by
-`jax.distributed` on localhost) start together when the first test needs them.
+The five subprocesses (students, teachers (gymnax and Atari) and multi-task runs on 4 devices;
+two processes of 2 devices joined by `jax.distributed` on localhost) start together when the
+first test needs them.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def test_cli_passes_the_mesh_on(monkeypatch, tmp_path, capsys):
         env_id="CartPole-v1", net="net1", manifest={"env_steps": 8, "final_score": 1.0}
     )
     monkeypatch.setattr(teacher, "fit", record("teacher", policy))
+    monkeypatch.setattr(teacher, "fit_atari", record("atari", policy))
     monkeypatch.setattr(student, "fit", record("student", policy))
     monkeypatch.setattr(dataset, "load_dataset", lambda *a, **k: None)
     monkeypatch.setattr(experiments, "loss_comparison", record("losses", {"rows": []}))
@@ -163,6 +165,7 @@ def test_cli_passes_the_mesh_on(monkeypatch, tmp_path, capsys):
     out = str(tmp_path / "out")
     commands = {
         "teacher": ["teacher", "--env", "CartPole-v1", "--mesh", "data=1"],
+        "atari": ["teacher", "--env", "ALE/Pong-v5", "--mesh", "data=1"],
         "student": ["student", "--dataset", str(tmp_path), "--mesh", "data=all"],
         "losses": ["experiment", "losses", "--mesh", "seeds=1"],
         "reproduce": ["reproduce", "--mesh", "seeds=1,data=1"],
@@ -171,6 +174,7 @@ def test_cli_passes_the_mesh_on(monkeypatch, tmp_path, capsys):
         assert cli.main([*argv, "--out", out]) == 0, capsys.readouterr().err
     assert seen == {
         "teacher": {"data": 1},
+        "atari": {"data": 1},
         "student": {"data": 1},
         "losses": {"seeds": 1},
         "reproduce": {"seeds": 1, "data": 1},
@@ -305,6 +309,17 @@ def test_teacher_data_parallel_within_float_tolerance(runs):
     assert f["trained_change"] > 1e-2 and f["max_param_diff"] < 1e-5, f
     for where in (f["where"], f["replay_where"]):
         assert where["specs"] == ["P()"] and where["replicated"] and where["on_mesh_devices"]
+
+
+def test_atari_teacher_data_parallel_within_float_tolerance(runs):
+    """`teacher.fit_atari` (Pong, 48 updates) with a data=4 mesh against one device: the
+    emulators play the same games, the losses and parameters agree to float rounding."""
+    f = runs.facts("teacher")["atari"]
+    assert f["status"] == ["complete", "complete"] and f["replicated_on"] == [{"data": 4}]
+    assert f["returns_equal"] and f["max_param_diff"] < 1e-5, f
+    ref, dp = (np.array(x, dtype=float) for x in f["losses"])
+    assert np.isfinite(ref[2:]).all() and np.isnan(ref[:2]).all()  # learning starts at 128 steps
+    np.testing.assert_allclose(dp, ref, rtol=1e-5)
 
 
 def test_multitask_students_over_seeds_and_data(runs):
