@@ -513,32 +513,7 @@ def compression(
                         "random_normalised": random_normalised(score, t_score, r_score),
                     }
                 )
-    geo = []
-    for net in nets:
-        for seed in range(b.seeds):
-            per_game = [r for r in rows if r["net"] == net and r["seed"] == seed]
-            geo.append(
-                {
-                    "net": net,
-                    "seed": seed,
-                    "geomean_percent": geometric_mean(r["percent_of_teacher"] for r in per_game),
-                    "params_percent": float(np.mean([r["params_percent"] for r in per_game])),
-                }
-            )
-    summary = []
-    for net in nets:
-        g = np.array([x["geomean_percent"] for x in geo if x["net"] == net])
-        summary.append(
-            {
-                "net": net,
-                "params_percent": float(
-                    np.mean([x["params_percent"] for x in geo if x["net"] == net])
-                ),
-                "geomean_percent_mean": float(np.mean(g)),
-                "geomean_percent_std": float(np.std(g)),
-                "paper_percent": PAPER_COMPRESSION.get(net),
-            }
-        )
+    geo, summary = compression_summary(rows)
     return {
         "rows": rows,
         "geomean": geo,
@@ -546,6 +521,44 @@ def compression(
         "teachers": teachers,
         "budget": dataclasses.asdict(b),
     }
+
+
+def compression_summary(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per (net, seed): the geometric mean across games of % of teacher and the arithmetic mean
+    of the random-normalised score (defined where % of teacher is not: a negative score, as in
+    Pong). Per net: their mean and std over seeds, beside the paper's figure."""
+    nets = list(dict.fromkeys(r["net"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    geo = []
+    for net in nets:
+        for seed in seeds:
+            per_game = [r for r in rows if r["net"] == net and r["seed"] == seed]
+            geo.append(
+                {
+                    "net": net,
+                    "seed": seed,
+                    "geomean_percent": geometric_mean(r["percent_of_teacher"] for r in per_game),
+                    "normalised": float(np.mean([r["random_normalised"] for r in per_game])),
+                    "params_percent": float(np.mean([r["params_percent"] for r in per_game])),
+                }
+            )
+    summary = []
+    for net in nets:
+        mine = [x for x in geo if x["net"] == net]
+        g = np.array([x["geomean_percent"] for x in mine])
+        norm = np.array([x["normalised"] for x in mine])
+        summary.append(
+            {
+                "net": net,
+                "params_percent": float(np.mean([x["params_percent"] for x in mine])),
+                "geomean_percent_mean": float(np.mean(g)),
+                "geomean_percent_std": float(np.std(g)),
+                "normalised_mean": float(np.mean(norm)),
+                "normalised_std": float(np.std(norm)),
+                "paper_percent": PAPER_COMPRESSION.get(net),
+            }
+        )
+    return geo, summary
 
 
 def compression_figure(result: dict):
@@ -602,6 +615,8 @@ def write_compression(result: dict, out: str | Path) -> Path:
                 "params_percent",
                 "geomean_percent_mean",
                 "geomean_percent_std",
+                "normalised_mean",
+                "normalised_std",
                 "paper_percent",
             ],
         )

@@ -116,6 +116,15 @@ def reproduce(
     # as it reads back from JSON (tuples become lists), to compare with finished stages' keys
     key = json.loads(json.dumps({"suite": suite, "budget": dataclasses.asdict(b)}))
     results, timings = {}, {}
+    meta = {
+        "suite": suite,
+        "budget": dataclasses.asdict(b),
+        "machine": _machine(),
+        "versions": checkpoint.versions(),
+        "stage_wall_s": timings,
+        "stages": stages,
+        "command": f"distill reproduce --suite {suite} --budget {budget_name} --out {out}",
+    }
     for i, stage in enumerate(stages, 1):
         marker = out / stage / "stage.json"
         if marker.exists():
@@ -123,6 +132,7 @@ def reproduce(
             if done.get("key") == key and done.get("status") == "complete":
                 print(f"[{i}/{len(stages)}] {stage}: finished before, skipped", flush=True)
                 results[stage], timings[stage] = done["result"], done["wall_s"]
+                write_outputs(out, meta, results)
                 continue
         print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
         t0 = time.perf_counter()
@@ -134,17 +144,24 @@ def reproduce(
             {"status": "complete", "key": key, "wall_s": timings[stage], "result": result},
         )
         print(f"[{i}/{len(stages)}] {stage}: done in {timings[stage]:.0f} s", flush=True)
-    meta = {
-        "suite": suite,
-        "budget": dataclasses.asdict(b),
-        "machine": _machine(),
-        "versions": checkpoint.versions(),
-        "stage_wall_s": timings,
-        "command": f"distill reproduce --suite {suite} --budget {budget_name} --out {out}",
-    }
+        # the report so far: an interrupted run still leaves every finished stage's tables
+        write_outputs(out, meta, results)
+    return out
+
+
+def write_outputs(out: Path, meta: dict, results: dict) -> None:
+    """OUT/results.json and OUT/report.md for the stages finished so far."""
     checkpoint.atomic_write_json(out / "results.json", {"meta": meta, "results": results})
     checkpoint.atomic_write_text(out / "report.md", render_report(meta, results))
-    return out
+
+
+def _in_stage_order(meta: dict) -> list[str]:
+    """Timed stages in the order they run (results.json stores its keys sorted)."""
+    order = meta.get("stages") or list(STAGE_ORDER)
+    return sorted(meta["stage_wall_s"], key=lambda s: order.index(s) if s in order else len(order))
+
+
+STAGE_ORDER = ("teachers", "losses", "compression", "multitask", "online")
 
 
 def render_report(meta: dict, results: dict) -> str:
@@ -161,9 +178,18 @@ def render_report(meta: dict, results: dict) -> str:
         "Budget: " + ", ".join(f"{k}={v}" for k, v in b.items()),
         "",
         "Wall time per stage (s): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in meta["stage_wall_s"].items())
+        + ", ".join(f"{k} {meta['stage_wall_s'][k]:.0f}" for k in _in_stage_order(meta))
         + f"; total {sum(meta['stage_wall_s'].values()):.0f}",
         "",
+    ]
+    missing = [s for s in meta.get("stages", []) if s not in results]
+    if missing:
+        lines += [
+            f"**Unfinished: stages {', '.join(missing)} have not run yet** (run the command "
+            "again to continue; finished students are kept in `students/`).",
+            "",
+        ]
+    lines += [
         "Scores are mean undiscounted returns under the evaluation protocol (epsilon 0.05; "
         "no-op starts on Atari, gymnax's randomised starts on MinAtar; the paper used human "
         "starts on Atari, which are not available here). '% of teacher' = student / teacher; "
@@ -171,7 +197,13 @@ def render_report(meta: dict, results: dict) -> str:
         "",
     ]
     if "teachers" in results:
-        lines += ["## Teachers", "", report.markdown_table(results["teachers"]["rows"]), ""]
+        columns = ["game", "teacher", "env_steps", "teacher_score", "random_score"]
+        lines += [
+            "## Teachers",
+            "",
+            report.markdown_table(results["teachers"]["rows"], columns),
+            "",
+        ]
     if "losses" in results:
         summary = experiments.summarise(results["losses"]["rows"], ("game", "loss"))
         lines += [
@@ -198,12 +230,29 @@ def render_report(meta: dict, results: dict) -> str:
             "",
         ]
     if "compression" in results:
+        rows = results["compression"]["rows"]
         lines += [
             "## Compression (KL students), geometric mean across games",
             "",
             "Paper (10 Atari games): net1 108.3 %, net2 101.7 %, net3 83.9 % of the teacher.",
             "",
-            report.markdown_table(results["compression"]["summary"]),
+            report.markdown_table(experiments.compression_summary(rows)[1]),
+            "",
+            "Per game, mean and std over seeds:",
+            "",
+            report.markdown_table(
+                experiments.summarise(rows, ("game", "net")),
+                [
+                    "game",
+                    "net",
+                    "seeds",
+                    "score_mean",
+                    "percent_mean",
+                    "percent_std",
+                    "normalised_mean",
+                    "normalised_std",
+                ],
+            ),
             "",
             "![compression](compression/compression.png)",
             "",

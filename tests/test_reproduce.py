@@ -5,10 +5,11 @@ Pong teacher (a smoke budget checks the plumbing, not the scores)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from distill import cli, reproduce
+from distill import cli, experiments, reproduce
 from distill.config import ConfigError
 
 
@@ -47,6 +48,41 @@ def test_rerun_skips_finished_stages(minatar_smoke, capsys):
     )
     out = capsys.readouterr().out
     assert out.count("finished before, skipped") == 4
+
+
+def test_interrupted_run_keeps_its_students_and_a_partial_report(
+    minatar_smoke, tmp_path, monkeypatch
+):
+    """A run stopped inside the losses stage: the report shows the stages before it, and the
+    next run takes the students it had finished from `students/` instead of training them."""
+    out = tmp_path / "run"
+    shutil.copytree(minatar_smoke, out)
+    for stage in ("losses", "compression", "online"):
+        (out / stage / "stage.json").unlink()
+    monkeypatch.setattr(experiments, "_MEMO", {})  # a fresh process
+
+    def stopped(stage, *args):
+        raise KeyboardInterrupt(stage)
+
+    monkeypatch.setattr(reproduce, "_run_stage", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.reproduce("minatar", "smoke", out, progress=False)
+    report = (out / "report.md").read_text()
+    assert "## Teachers" in report and "## Loss comparison" not in report
+    assert "Unfinished: stages losses, compression, online" in report
+    monkeypatch.undo()
+    monkeypatch.setattr(experiments, "_MEMO", {})
+    monkeypatch.setattr(
+        experiments, "_distil_in_graph_seeds", lambda *a: pytest.fail("a student trained again")
+    )
+    # online distillation trains no cached students: give it back its finished stage
+    shutil.copy(minatar_smoke / "online" / "stage.json", out / "online" / "stage.json")
+    reproduce.reproduce("minatar", "smoke", out, progress=False)
+    before = json.loads((minatar_smoke / "results.json").read_text())["results"]
+    after = json.loads((out / "results.json").read_text())["results"]
+    assert after["losses"]["rows"] == before["losses"]["rows"]
+    assert after["compression"]["rows"] == before["compression"]["rows"]
+    assert "Unfinished" not in (out / "report.md").read_text()
 
 
 def test_atari_suite_smoke(tmp_path):
