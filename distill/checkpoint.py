@@ -253,6 +253,40 @@ def write_checkpoint(
                 candidate.unlink(missing_ok=True)
 
 
+def previous_run(
+    folder: str | Path, resume: bool, what: str, matches: Callable[[dict], bool], made_from: str
+) -> dict | None:
+    """What a job about to write a `what` (teacher, student, dataset) into `folder` finds there.
+
+    None: nothing, start afresh. Otherwise the manifest of the run there, finished (`status`
+    'complete': the caller returns it) or not (the caller continues it). Without `resume` a
+    folder that holds a run is refused; with it, a run that `matches` rejects is refused as made
+    from `made_from` (e.g. 'another config'), and so is a non-empty folder without a manifest.
+    """
+    from distill.config import ConfigError
+
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        if resume and folder.exists() and any(folder.iterdir()):
+            raise CheckpointError(f"{folder}: no {MANIFEST}; nothing to resume")
+        return None
+    manifest = read_manifest(folder)
+    if not resume:
+        if manifest.get("status") == "complete":
+            raise ConfigError(
+                f"out={str(folder)!r} already holds a finished {what}; choose another --out"
+            )
+        raise ConfigError(
+            f"out={str(folder)!r} holds an unfinished {what}; pass --resume to continue it or "
+            "choose another --out"
+        )
+    if not matches(manifest):
+        raise CheckpointError(
+            f"{folder / MANIFEST}: was made from {made_from}; resume with the same options"
+        )
+    return manifest
+
+
 # ---------------------------------------------------------------------------- policies
 
 

@@ -151,27 +151,20 @@ def generate(
     num_shards = -(-total_rows // per_shard)
     shards: list[str] = []
     if (folder / checkpoint.MANIFEST).exists():
-        manifest = checkpoint.read_manifest(folder)
-        if manifest.get("kind") != "dataset":
-            raise CheckpointError(f"{folder}: holds a {manifest.get('kind')!r}, not a dataset")
-        if manifest.get("status") == "complete" and not resume:
-            raise ConfigError(f"out={out!r} already holds a finished dataset; choose another --out")
-        if not resume and manifest.get("status") != "complete":
-            raise ConfigError(
-                f"out={out!r} holds an unfinished dataset; pass --resume or choose another --out"
-            )
-        if not same_source(manifest.get("teacher"), fingerprint) or (
-            manifest.get("config") != config_dict
-        ):
-            raise CheckpointError(
-                f"{folder / checkpoint.MANIFEST}: was made from another teacher or config; "
-                "resume with the same teacher and options"
-            )
+        kind = checkpoint.read_manifest(folder).get("kind")
+        if kind != "dataset":
+            raise CheckpointError(f"{folder}: holds a {kind!r}, not a dataset")
+    manifest = checkpoint.previous_run(
+        folder,
+        resume,
+        "dataset",
+        lambda m: same_source(m.get("teacher"), fingerprint) and m.get("config") == config_dict,
+        "another teacher or config",
+    )
+    if manifest is not None:
         if manifest.get("status") == "complete":
             return folder
         shards = list(manifest.get("shards", []))
-    elif resume and folder.exists() and any(folder.iterdir()):
-        raise CheckpointError(f"{folder}: no {checkpoint.MANIFEST}; nothing to resume")
 
     def write(status: str, files: dict[str, bytes], extra: dict, drop=()) -> None:
         manifest = {

@@ -152,15 +152,18 @@ def distil_seeds(
     )
     if memo_key in _MEMO:
         return _MEMO[memo_key]
-    folder = Path(cache) / student_folder_name(config, data, seeds) if cache else None
     if envs.spec(data.env_id).is_atari:
+        # one folder per seed inside: a run with more seeds reuses the ones it has
+        folder = Path(cache) / student_folder_name(config, data) if cache else None
         result = _distil_host_seeds(config, data, seeds, mesh, folder)
-    elif folder is not None and (folder / checkpoint.MANIFEST).exists():
-        result = _read_students(folder, config, data, seeds)
     else:
-        result = _distil_in_graph_seeds(config, data, seeds, mesh)
-        if folder is not None:
-            _write_students(folder, config, data, seeds, result)
+        folder = Path(cache) / student_folder_name(config, data, seeds) if cache else None
+        if folder is not None and (folder / checkpoint.MANIFEST).exists():
+            result = _read_students(folder, config, data, seeds)
+        else:
+            result = _distil_in_graph_seeds(config, data, seeds, mesh)
+            if folder is not None:
+                _write_students(folder, config, data, seeds, result)
     _MEMO[memo_key] = result
     return result
 
@@ -208,8 +211,12 @@ def _distil_host_seeds(config, data, seeds, mesh, folder):
     return _distiller(config, data), state, metrics
 
 
-def student_folder_name(config: student.StudentConfig, data: dataset.Dataset, seeds: int) -> str:
-    """`<game>_<net>_<loss>_<hash>`: the hash covers the whole config, the dataset and seeds."""
+def student_folder_name(
+    config: student.StudentConfig, data: dataset.Dataset, seeds: int | None = None
+) -> str:
+    """`<game>_<net>_<loss>_<hash>`: the hash covers the whole config, the dataset and seeds
+    (students trained side by side depend on how many there are; `None` for a folder of
+    independent per-seed runs)."""
     import hashlib
     import json
 

@@ -37,7 +37,10 @@ SUITES = {
 
 
 def stages_for(suite: str, b: experiments.Budget) -> list[str]:
-    stages = ["teachers", "losses", "compression"]
+    # Atari students are slow on a CPU: the compression sweep (KL students of every size, the
+    # paper's main table) comes first, so that a run cut short has it
+    first = ["compression", "losses"] if suite == "atari" else ["losses", "compression"]
+    stages = ["teachers", *first]
     if len(b.games) > 1:
         stages.append("multitask")
     if suite == "minatar" and b.online_rounds:
@@ -161,7 +164,7 @@ def _in_stage_order(meta: dict) -> list[str]:
     return sorted(meta["stage_wall_s"], key=lambda s: order.index(s) if s in order else len(order))
 
 
-STAGE_ORDER = ("teachers", "losses", "compression", "multitask", "online")
+STAGE_ORDER = ("teachers", "losses", "compression", "multitask", "online")  # without "stages"
 
 
 def render_report(meta: dict, results: dict) -> str:

@@ -231,29 +231,23 @@ def fit(
     )
     state = distiller.init(jax.random.PRNGKey(config.seed))
     rows: list[dict] = []
-    if (folder / checkpoint.MANIFEST).exists():
-        manifest = checkpoint.read_manifest(folder)
+    manifest = checkpoint.previous_run(
+        folder,
+        resume,
+        "student",
+        lambda m: (
+            m.get("config") == config_dict and dataset.same_source(m.get("dataset"), fingerprint)
+        ),
+        "another config or dataset",
+    )
+    if manifest is not None:
         if manifest.get("status") == "complete":
-            if resume:
-                return checkpoint.load(folder)
-            raise ConfigError(f"out={out!r} already holds a finished student; choose another --out")
-        if not resume:
-            raise ConfigError(
-                f"out={out!r} holds an unfinished student; pass --resume or choose another --out"
-            )
-        if manifest.get("config") != config_dict or not dataset.same_source(
-            manifest.get("dataset"), fingerprint
-        ):
-            raise CheckpointError(
-                f"{folder / checkpoint.MANIFEST}: was made with another config or dataset"
-            )
+            return checkpoint.load(folder)
         raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
         state = checkpoint.pytree_from_bytes(
             raw, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
         )
         rows = list(manifest.get("metrics", []))
-    elif resume and folder.exists() and any(folder.iterdir()):
-        raise CheckpointError(f"{folder}: no {checkpoint.MANIFEST}; nothing to resume")
 
     arrays = data.arrays()
     if mesh is not None:

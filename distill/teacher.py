@@ -409,32 +409,22 @@ def fit(
     state = trainer.init(jax.random.PRNGKey(config.seed))
     rows: list[dict] = []
     wall_before = 0.0
-    manifest_path = folder / checkpoint.MANIFEST
-    if manifest_path.exists():
-        manifest = checkpoint.read_manifest(folder)
+    manifest = checkpoint.previous_run(
+        folder,
+        resume,
+        "teacher",
+        lambda m: m.get("config") == config_dict and m.get("chunk_iterations") == chunk_iterations,
+        "another config",
+    )
+    if manifest is not None:
         if manifest.get("status") == "complete":
-            if resume:
-                return checkpoint.load(folder)
-            raise ConfigError(f"out={out!r} already holds a finished teacher; choose another --out")
-        if not resume:
-            raise ConfigError(
-                f"out={out!r} holds an unfinished run; pass --resume to continue it or choose "
-                "another --out"
-            )
-        if manifest.get("config") != config_dict or manifest.get("chunk_iterations") != (
-            chunk_iterations
-        ):
-            raise checkpoint.CheckpointError(
-                f"{manifest_path}: was made with another config; resume with the same options"
-            )
+            return checkpoint.load(folder)
         data = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
         state = checkpoint.pytree_from_bytes(
             data, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
         )
         rows = list(manifest.get("metrics", []))
         wall_before = float(manifest.get("wall_s", 0.0))
-    elif resume and folder.exists() and any(folder.iterdir()):
-        raise checkpoint.CheckpointError(f"{folder}: no {checkpoint.MANIFEST}; nothing to resume")
 
     state = sharding.replicate(state, mesh)
     run = jax.jit(trainer.run, static_argnums=1)
@@ -617,22 +607,12 @@ def fit_atari(
     state = init(jax.random.PRNGKey(config.seed))
     metrics: list[dict] = []
     wall_before = 0.0
-    if (folder / checkpoint.MANIFEST).exists():
-        manifest = checkpoint.read_manifest(folder)
+    manifest = checkpoint.previous_run(
+        folder, resume, "teacher", lambda m: m.get("config") == config_dict, "another config"
+    )
+    if manifest is not None:
         if manifest.get("status") == "complete":
-            if resume:
-                return checkpoint.load(folder)
-            raise ConfigError(f"out={out!r} already holds a finished teacher; choose another --out")
-        if not resume:
-            raise ConfigError(
-                f"out={out!r} holds an unfinished run; pass --resume to continue it or choose "
-                "another --out"
-            )
-        if manifest.get("config") != config_dict:
-            raise checkpoint.CheckpointError(
-                f"{folder / checkpoint.MANIFEST}: was made with another config; resume with the "
-                "same options"
-            )
+            return checkpoint.load(folder)
         data = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
         state = checkpoint.pytree_from_bytes(
             data, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
