@@ -21,15 +21,14 @@ SUITES = {
         "quick": experiments.BUDGETS["quick"],
         "full": experiments.BUDGETS["full"],
     },
-    # Atari budgets: smoke runs on a CPU in the tests; quick is what a 2-core CPU does in about
-    # an hour and a half (one seed: each teacher-size student takes 15-20 minutes there); full
-    # is sized for a GPU.
+    # Atari budgets: smoke runs on a CPU in the tests; quick takes about two hours on a 2-core
+    # CPU (a teacher-size student 10-20 minutes there); full is sized for a GPU.
     "atari": {
         "smoke": experiments.Budget(
             "smoke", ("ALE/Pong-v5",), 2_000, 512, 40, 20, 1, 1, None, 0, 0
         ),
         "quick": experiments.Budget(
-            "quick", ("ALE/Pong-v5",), 2_000_000, 100_000, 10_000, 5_000, 1, 10, None, 0, 0
+            "quick", ("ALE/Pong-v5",), 2_000_000, 100_000, 10_000, 5_000, 2, 10, None, 0, 0
         ),
         "full": experiments.Budget(
             "full", ("ALE/Pong-v5",), 2_000_000, 500_000, 100_000, 10_000, 3, 30, None, 0, 0
