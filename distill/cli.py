@@ -231,7 +231,8 @@ def cmd_experiment(args) -> int:
 def cmd_reproduce(args) -> int:
     from distill import reproduce
 
-    out = reproduce.reproduce(args.suite, args.budget, args.out, mesh=_mesh(args))
+    only = tuple(args.stages.split(",")) if args.stages else None
+    out = reproduce.reproduce(args.suite, args.budget, args.out, mesh=_mesh(args), only=only)
     print(f"report: {out / 'report.md'}")
     return 0
 
@@ -383,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
     s.add_argument("--out", required=True, help="results folder (re-runs skip finished stages)")
     s.add_argument("--mesh", help=MESH_HELP)
+    s.add_argument(
+        "--stages",
+        help="comma-separated stages to run, the others left as they are (default: all): "
+        "teachers, losses, compression, multitask, online",
+    )
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")

@@ -101,12 +101,19 @@ def _run_stage(
 
 
 def reproduce(
-    suite: str, budget_name: str, out: str | Path, progress: bool = True, mesh=None
+    suite: str,
+    budget_name: str,
+    out: str | Path,
+    progress: bool = True,
+    mesh=None,
+    only: tuple[str, ...] | None = None,
 ) -> Path:
     """Run (or resume) every stage; write OUT/report.md and OUT/results.json. Returns OUT.
 
     `mesh` (a `jax.sharding.Mesh`, see `distill.sharding`) splits the students' seeds and
-    minibatches across devices; None runs on one device."""
+    minibatches across devices; None runs on one device. `only` names the stages to run; the
+    others are left as they are (their finished results still go into the report), so that
+    independent stages can run in separate processes."""
     from distill.config import ConfigError
 
     if suite not in SUITES:
@@ -117,6 +124,9 @@ def reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = stages_for(suite, b)
+    unknown = sorted(set(only or ()) - set(stages))
+    if unknown:
+        raise ConfigError(f"stages={unknown} not in the {suite} suite's stages {stages}")
     # as it reads back from JSON (tuples become lists), to compare with finished stages' keys
     key = json.loads(json.dumps({"suite": suite, "budget": dataclasses.asdict(b)}))
     results, timings = {}, {}
@@ -138,6 +148,9 @@ def reproduce(
                 results[stage], timings[stage] = done["result"], done["wall_s"]
                 write_outputs(out, meta, results)
                 continue
+        if only is not None and stage not in only:
+            print(f"[{i}/{len(stages)}] {stage}: not asked for, left", flush=True)
+            continue
         print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
         t0 = time.perf_counter()
         result = _run_stage(stage, b, out, progress, mesh)

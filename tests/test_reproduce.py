@@ -85,6 +85,22 @@ def test_interrupted_run_keeps_its_students_and_a_partial_report(
     assert "Unfinished" not in (out / "report.md").read_text()
 
 
+def test_only_the_named_stages_run(minatar_smoke, tmp_path, capsys):
+    """`--stages`: the others are left as they are, and the report says what is missing."""
+    out = tmp_path / "run"
+    shutil.copytree(minatar_smoke, out)
+    (out / "compression" / "stage.json").unlink()
+    argv = ["reproduce", "--suite", "minatar", "--budget", "smoke", "--out", str(out)]
+    assert cli.main([*argv, "--stages", "online"]) == 0
+    printed = capsys.readouterr().out
+    assert "compression: not asked for, left" in printed
+    assert printed.count("finished before, skipped") == 3
+    assert "Unfinished: stages compression" in (out / "report.md").read_text()
+    # the smoke budget has one game, hence no multi-task stage
+    with pytest.raises(ConfigError, match=r"stages=\['multitask'\] not in the minatar suite"):
+        reproduce.reproduce("minatar", "smoke", out, only=("multitask",))
+
+
 def test_atari_suite_smoke(tmp_path):
     out = reproduce.reproduce("atari", "smoke", tmp_path / "atari", progress=False)
     results = json.loads((out / "results.json").read_text())
