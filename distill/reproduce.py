@@ -202,8 +202,8 @@ def render_report(meta: dict, results: dict) -> str:
     missing = [s for s in meta.get("stages", []) if s not in results]
     if missing:
         lines += [
-            f"**Unfinished: stages {', '.join(missing)} have not run yet** (run the command "
-            "again to continue; finished students are kept in `students/`).",
+            f"**Unfinished, not run yet: {', '.join(missing)}** (run the command again to "
+            "continue; finished students are kept in `students/`).",
             "",
         ]
     lines += [

@@ -69,7 +69,7 @@ def test_interrupted_run_keeps_its_students_and_a_partial_report(
         reproduce.reproduce("minatar", "smoke", out, progress=False)
     report = (out / "report.md").read_text()
     assert "## Teachers" in report and "## Loss comparison" not in report
-    assert "Unfinished: stages losses, compression, online" in report
+    assert "Unfinished, not run yet: losses, compression, online" in report
     monkeypatch.undo()
     monkeypatch.setattr(experiments, "_MEMO", {})
     monkeypatch.setattr(
@@ -95,7 +95,7 @@ def test_only_the_named_stages_run(minatar_smoke, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "compression: not asked for, left" in printed
     assert printed.count("finished before, skipped") == 3
-    assert "Unfinished: stages compression" in (out / "report.md").read_text()
+    assert "Unfinished, not run yet: compression" in (out / "report.md").read_text()
     # the smoke budget has one game, hence no multi-task stage
     with pytest.raises(ConfigError, match=r"stages=\['multitask'\] not in the minatar suite"):
         reproduce.reproduce("minatar", "smoke", out, only=("multitask",))
