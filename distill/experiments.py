@@ -411,6 +411,12 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
     return out
 
 
+def summary_columns(by: tuple[str, ...]) -> list[str]:
+    """The columns of a `summarise` table, in reading order."""
+    stats = ("score_mean", "percent_mean", "percent_std", "normalised_mean", "normalised_std")
+    return [*by, "seeds", *stats]
+
+
 # ---------------------------------------------------------------------------- outputs
 
 
@@ -442,20 +448,7 @@ def write_loss_comparison(result: dict, out: str | Path) -> Path:
     atomic_write_json(folder / "loss_comparison.json", {**result, "summary": summary})
     atomic_write_text(
         folder / "loss_comparison.md",
-        report.markdown_table(
-            summary,
-            [
-                "game",
-                "loss",
-                "seeds",
-                "score_mean",
-                "percent_mean",
-                "percent_std",
-                "normalised_mean",
-                "normalised_std",
-            ],
-        )
-        + "\n",
+        report.markdown_table(summary, summary_columns(("game", "loss"))) + "\n",
     )
     fig = loss_comparison_figure(result)
     fig.savefig(folder / "loss_comparison.png", dpi=120)

@@ -229,19 +229,7 @@ def render_report(meta: dict, results: dict) -> str:
             "Paper: KL >= NLL > MSE, and a same-size KL student can beat its teacher "
             "(independent Pong reimplementation: KL 11.9, NLL 10.9, MSE 8.4).",
             "",
-            report.markdown_table(
-                summary,
-                [
-                    "game",
-                    "loss",
-                    "seeds",
-                    "score_mean",
-                    "percent_mean",
-                    "percent_std",
-                    "normalised_mean",
-                    "normalised_std",
-                ],
-            ),
+            report.markdown_table(summary, experiments.summary_columns(("game", "loss"))),
             "",
             "![loss comparison](losses/loss_comparison.png)",
             "",
@@ -259,16 +247,7 @@ def render_report(meta: dict, results: dict) -> str:
             "",
             report.markdown_table(
                 experiments.summarise(rows, ("game", "net")),
-                [
-                    "game",
-                    "net",
-                    "seeds",
-                    "score_mean",
-                    "percent_mean",
-                    "percent_std",
-                    "normalised_mean",
-                    "normalised_std",
-                ],
+                experiments.summary_columns(("game", "net")),
             ),
             "",
             "![compression](compression/compression.png)",
