@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from common import median_time
 
-from distill import envs, networks
+from distill import envs, networks, xla
 
 STEPS = 10
 
@@ -25,9 +25,9 @@ def gradient_times(env_id: str, batch: int, form: str) -> tuple[float, float]:
     params = networks.init_params(net, jax.random.PRNGKey(0), spec.obs_shape, spec.obs_dtype)
     obs = jnp.zeros((batch, *spec.obs_shape), spec.obs_dtype)
     grad = jax.grad(lambda p: jnp.mean(net.apply(p, obs) ** 2))
-    top = jax.jit(grad)
+    top = xla.jit(grad)
 
-    @jax.jit
+    @xla.jit
     def looped(p):
         def body(p, _):
             return jax.tree_util.tree_map(lambda a, g: a - 1e-6 * g, p, grad(p)), None

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from common import matmul_flops, median_time, raw_atari_rate, untrained_teacher
 
-from distill import dataset, envs, student
+from distill import dataset, envs, student, xla
 
 
 def minatar_generation(env_id: str, rows: int, repeats: int) -> tuple[float, float]:
@@ -32,7 +32,7 @@ def minatar_generation(env_id: str, rows: int, repeats: int) -> tuple[float, flo
         policy = untrained_teacher(env_id, d)
         config = dataset.DatasetConfig(states=rows * 64, num_envs=64)
         init, shard = dataset.make_gymnax_generator(policy, config)
-        shard = jax.jit(shard, static_argnums=2)
+        shard = xla.jit(shard, static_argnums=2)
         state = init(jax.random.PRNGKey(0))
         gen = median_time(
             lambda: jax.block_until_ready(shard(policy.params, state, rows)[1]["q"]), repeats
@@ -58,14 +58,19 @@ def minatar_generation(env_id: str, rows: int, repeats: int) -> tuple[float, flo
 
 def atari_generation(env_id: str, states: int, num_envs: int = 16) -> dict:
     spec = envs.spec(env_id)
-    env_rate = raw_atari_rate(env_id, num_envs, max(states, 50 * num_envs), training=False)
     with tempfile.TemporaryDirectory() as d:
         policy = untrained_teacher(env_id, d + "/teacher")
         # inference rate on batches of one half (what the generator feeds the network)
         obs = jnp.zeros((num_envs // 2, *spec.obs_shape), jnp.uint8)
-        f = jax.jit(policy.apply)
-        inf_t = median_time(lambda: f(policy.params, obs).block_until_ready(), 20)
-        inference_rate = (num_envs // 2) / inf_t
+        f = xla.jit(policy.apply)
+
+        def references() -> tuple[float, float]:
+            env = raw_atari_rate(env_id, num_envs, max(states, 50 * num_envs), training=False)
+            inf_t = median_time(lambda: f(policy.params, obs).block_until_ready(), 20)
+            return env, (num_envs // 2) / inf_t
+
+        # this CPU's rates drift within minutes: the references are measured before and after
+        before = references()
         # Creating and resetting the emulators costs seconds whatever the size: time a run of
         # `states` and one of 3 x `states`; the difference is the steady generation rate.
         walls = []
@@ -76,6 +81,7 @@ def atari_generation(env_id: str, states: int, num_envs: int = 16) -> dict:
             walls.append(time.perf_counter() - t0)
         gen_rate = 2 * states / (walls[1] - walls[0])
         setup_s = walls[0] - states / gen_rate
+        env_rate, inference_rate = ((a + b) / 2 for a, b in zip(before, references(), strict=True))
     bound = 1.0 / (1.0 / env_rate + 1.0 / inference_rate)
     return {
         "env": env_rate,
@@ -118,7 +124,7 @@ def student_training(net: str, env_id: str, batch: int, updates: int) -> dict:
     stack = 4 if atari else 1
     state = distiller.init(jax.random.PRNGKey(0))
     tau = jnp.float32(config.tau)
-    step = jax.jit(lambda s, d: distiller.step(s, d, tau, stack - 1), donate_argnums=0)
+    step = xla.jit(lambda s, d: distiller.step(s, d, tau, stack - 1), donate_argnums=0)
     flops = step.lower(state, data).compile().cost_analysis()
     flops = float((flops[0] if isinstance(flops, list) else flops).get("flops", float("nan")))
     if atari:
@@ -130,7 +136,7 @@ def student_training(net: str, env_id: str, batch: int, updates: int) -> dict:
             jax.block_until_ready(s.params)
 
     else:
-        many = jax.jit(lambda s, d: distiller.run(s, d, tau, 1, stack - 1, False)[0])
+        many = xla.jit(lambda s, d: distiller.run(s, d, tau, 1, stack - 1, False)[0])
         go = lambda: jax.block_until_ready(many(state, data).params)  # noqa: E731
     t = median_time(go, 3)
     return {"samples": updates * batch / t, "flops": updates * flops / t}
@@ -142,6 +148,7 @@ def main() -> None:
     args = p.parse_args()
     scale = 1 if args.quick else 4
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
+    print(f"compiler options (distill.xla): {xla.compiler_options() or 'none'}")
     ref = matmul_flops()
     print(f"reference: float32 2048x2048 matmul {ref / 1e9:,.1f} GFLOP/s")
     print("\n1. dataset generation")

@@ -78,7 +78,7 @@ def data_runner(batch: int, updates: int, mesh):
     import jax
     import jax.numpy as jnp
 
-    from distill import sharding, student
+    from distill import sharding, student, xla
 
     config = student.StudentConfig(
         net="teacher", batch_size=batch, updates=updates, eval_every=updates
@@ -86,7 +86,7 @@ def data_runner(batch: int, updates: int, mesh):
     d = student.make_distill(config, "Breakout-MinAtar", mesh=mesh)
     state = sharding.replicate(d.init(jax.random.PRNGKey(0)), mesh)
     arrays = sharding.replicate(synthetic_arrays(), mesh)
-    run = jax.jit(lambda s, a, t: d.run(s, a, t, 1, 0, False))
+    run = xla.jit(lambda s, a, t: d.run(s, a, t, 1, 0, False))
     tau = jnp.float32(0.01)
     go = lambda: jax.block_until_ready(run(state, arrays, tau))  # noqa: E731
     go()

@@ -18,7 +18,7 @@ import tempfile
 import jax
 from common import median_time, raw_atari_rate
 
-from distill import envs, teacher
+from distill import envs, teacher, xla
 
 
 def raw_gymnax_rate(env_id: str, num_envs: int, iterations: int, repeats: int) -> float:
@@ -49,7 +49,7 @@ def raw_gymnax_rate(env_id: str, num_envs: int, iterations: int, repeats: int) -
 def train_gymnax_rate(env_id: str, iterations: int, repeats: int) -> float:
     config = teacher.default_config(env_id)
     trainer = teacher.make_train(config)
-    run = jax.jit(trainer.run, static_argnums=1)
+    run = xla.jit(trainer.run, static_argnums=1)
     state = trainer.init(jax.random.PRNGKey(0))
     # past learning_starts, so every timed iteration does its gradient updates
     warm = config.learning_starts // config.num_envs + 1

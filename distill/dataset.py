@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, envs, replay, runs
+from distill import checkpoint, envs, replay, runs, xla
 from distill.checkpoint import CheckpointError
 from distill.config import ConfigError, in_range, positive_int, require
 from distill.evaluate import EVAL_EPSILON
@@ -246,7 +246,7 @@ def _generate_gymnax(
     policy, config, shards, num_shards, per_shard, total_rows, write, bar, stop, folder
 ):
     init, shard = make_gymnax_generator(policy, config)
-    shard = jax.jit(shard, static_argnums=2)
+    shard = xla.jit(shard, static_argnums=2)
     state = init(jax.random.PRNGKey(config.seed))
     if shards:
         data = checkpoint.read_verified(folder, GENERATOR_STATE)
@@ -289,7 +289,7 @@ def _generate_atari(
     seed = config.seed + 1_000_003 * len(shards)
     halves = [envs.make_atari(spec.env_id, half, training=False) for _ in range(2)]
     obs = [envs.reset_in_env_order(h, seed + 7919 * i) for i, h in enumerate(halves)]
-    act = jax.jit(lambda p, o, k: _act(policy.apply, p, o, k, config.epsilon))
+    act = xla.jit(lambda p, o, k: _act(policy.apply, p, o, k, config.epsilon))
     key = jax.random.PRNGKey(seed)
     history = {  # the rows before the shard, for rebuilding stacks: start of data = zeros, done
         "frames": np.zeros((stack - 1, config.num_envs, 84, 84), np.uint8),

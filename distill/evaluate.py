@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import envs
+from distill import envs, xla
 
 EVAL_EPSILON = 0.05
 
@@ -95,7 +95,7 @@ def evaluate_gymnax(
     epsilon: float = EVAL_EPSILON,
     seed: int = 0,
 ) -> Scores:
-    evaluator = jax.jit(make_gymnax_evaluator(env_id, apply_fn, episodes))
+    evaluator = xla.jit(make_gymnax_evaluator(env_id, apply_fn, episodes))
     total = evaluator(params, jax.random.PRNGKey(seed), jnp.float32(epsilon))
     return Scores(env_id, np.asarray(total, dtype=np.float64), float(epsilon))
 
@@ -120,7 +120,7 @@ def evaluate_atari(
 
     num_envs = max(1, min(num_envs, episodes))
     env = envs.make_atari(env_id, num_envs, training=False)
-    act = jax.jit(lambda p, o, k: _eps_greedy(apply_fn(p, o), k, epsilon))
+    act = xla.jit(lambda p, o, k: _eps_greedy(apply_fn(p, o), k, epsilon))
     key = jax.random.PRNGKey(seed)
     obs = envs.reset_in_env_order(env, seed)
     quota = [episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)]

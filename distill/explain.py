@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill import dataset, envs, evaluate, losses
+from distill import dataset, envs, evaluate, losses, xla
 from distill.config import ConfigError, in_range, positive_int, require
 
 Array = jax.Array
@@ -208,13 +208,13 @@ def _saliency(apply_fn: ApplyFn, params: Any, obs: Array, method: str, is_atari:
     raise ValueError(f"method must be one of {SALIENCY_METHODS}; got {method!r}")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+@functools.partial(xla.jit, static_argnums=(0, 3, 4))
 def saliency(apply_fn: ApplyFn, params: Any, obs: Array, method: str, is_atari: bool) -> Array:
     """The `method` ('gradient' | 'perturbation') saliency of states, in `display_map` form."""
     return _saliency(apply_fn, params, obs, method, is_atari)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(xla.jit, static_argnums=(0, 3))
 def q_and_saliency(
     apply_fn: ApplyFn, params: Any, obs: Array, is_atari: bool
 ) -> tuple[Array, dict[str, Array]]:
@@ -411,7 +411,7 @@ def collect_states(
         states=num_envs * kept_rows * spacing, num_envs=num_envs, epsilon=epsilon, seed=seed
     )
     init, shard = dataset.make_gymnax_generator(policy, config)
-    run = jax.jit(shard, static_argnums=2)
+    run = xla.jit(shard, static_argnums=2)
     _, record = run(policy.params, init(jax.random.PRNGKey(seed)), kept_rows * spacing)
     obs = np.asarray(record["obs"])[spacing - 1 :: spacing]  # [kept_rows, envs, ...]
     return obs.reshape(-1, *obs.shape[2:])[:num_states]
@@ -422,7 +422,7 @@ def _collect_atari(policy, num_states, seed, epsilon, spacing) -> np.ndarray:
 
     num_envs = min(8, -(-num_states // 4))
     env = envs.make_atari(policy.env_id, num_envs, training=False)
-    act = jax.jit(lambda p, o, k: epsilon_greedy(k, policy.apply(p, o), epsilon))
+    act = xla.jit(lambda p, o, k: epsilon_greedy(k, policy.apply(p, o), epsilon))
     key = jax.random.PRNGKey(seed)
     kept = []
     try:
@@ -535,7 +535,7 @@ def fit_linear(data: dataset.Dataset, config: LinearConfig = LinearConfig()) -> 
             "observations are not [10, 10, C] maps"
         )
     train, test = split_envs(data.arrays(), config.held_out)
-    fit = jax.jit(make_linear_fit(config, data.obs.shape[2:], data.num_actions))
+    fit = xla.jit(make_linear_fit(config, data.obs.shape[2:], data.num_actions))
     params, loss = fit(train, jax.random.PRNGKey(config.seed))
 
     def agreement(arrays):
@@ -618,7 +618,7 @@ def untrained_policy(env_id: str, net: str, seed: int = 0):
 
     spec = envs.spec(env_id)
     module = networks.build(net, spec.obs_shape, spec.num_actions)
-    init = jax.jit(lambda k: networks.init_params(module, k, spec.obs_shape, spec.obs_dtype))
+    init = xla.jit(lambda k: networks.init_params(module, k, spec.obs_shape, spec.obs_dtype))
     params = init(jax.random.PRNGKey(seed))  # one compiled program: faster than op by op
     manifest = {"kind": "untrained", "env_id": spec.env_id, "net": net, "seed": seed}
     return checkpoint.Policy(

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import dataset, envs, evaluate, student, teacher
+from distill import dataset, envs, evaluate, student, teacher, xla
 from distill.config import positive_int
 
 
@@ -58,7 +58,7 @@ def online_distillation(
     env_id = teacher_config.env_id
     spec = envs.spec(env_id)
     trainer = teacher.make_train(teacher_config)
-    run_teacher = jax.jit(trainer.run, static_argnums=1)
+    run_teacher = xla.jit(trainer.run, static_argnums=1)
     chunk = max(teacher_config.iterations // online.rounds, 1)
     num_envs = 64
     gen_config = dataset.DatasetConfig(
@@ -66,7 +66,7 @@ def online_distillation(
     )
     acting = types.SimpleNamespace(env_id=env_id, apply=trainer.network.apply)
     gen_init, gen_shard = dataset.make_gymnax_generator(acting, gen_config)
-    gen_shard = jax.jit(gen_shard, static_argnums=2)
+    gen_shard = xla.jit(gen_shard, static_argnums=2)
     s_config = dataclasses.replace(
         student_config,
         eval_every=online.updates_per_round,
@@ -74,12 +74,12 @@ def online_distillation(
         eval_episodes=online.eval_episodes,
     )
     distiller = student.make_distill(s_config, env_id, 1)
-    run_student = jax.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, 0, True))
-    teacher_eval = jax.jit(
+    run_student = xla.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, 0, True))
+    teacher_eval = xla.jit(
         evaluate.make_gymnax_evaluator(env_id, trainer.network.apply, online.eval_episodes)
     )
 
-    @jax.jit
+    @xla.jit
     def insert(window, record, slot):
         start = slot * online.rows_per_round
         return {

@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from distill import xla
 from distill.config import ConfigError
 
 SEEDS = "seeds"  # independent runs: seeds and swept values (tau)
@@ -238,7 +239,7 @@ def map_seeds(fn: Callable, mesh: Mesh | None = None) -> Callable:
 
         def g(batched, *shared):
             if len(shared) not in compiled:
-                compiled[len(shared)] = jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * len(shared)))
+                compiled[len(shared)] = xla.jit(jax.vmap(fn, in_axes=(0,) + (None,) * len(shared)))
             return compiled[len(shared)](batched, *shared)
 
         return g
@@ -248,7 +249,7 @@ def map_seeds(fn: Callable, mesh: Mesh | None = None) -> Callable:
     runs = NamedSharding(mesh, P(SEEDS) if spmd_axis else P())
     compiled = {}
     # n runs do not split evenly over the axis: drop the copies and keep the rest replicated
-    unpad = jax.jit(
+    unpad = xla.jit(
         lambda out, n: jax.tree_util.tree_map(lambda x: x[:n], out),
         static_argnums=1,
         out_shardings=NamedSharding(mesh, P()),
@@ -256,7 +257,7 @@ def map_seeds(fn: Callable, mesh: Mesh | None = None) -> Callable:
 
     def g(batched, *shared):
         if len(shared) not in compiled:
-            compiled[len(shared)] = jax.jit(
+            compiled[len(shared)] = xla.jit(
                 jax.vmap(fn, in_axes=(0,) + (None,) * len(shared), spmd_axis_name=spmd_axis),
                 out_shardings=runs,
             )

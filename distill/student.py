@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill import checkpoint, dataset, envs, evaluate, losses, networks, runs, sharding
+from distill import checkpoint, dataset, envs, evaluate, losses, networks, runs, sharding, xla
 from distill.checkpoint import CheckpointError
 from distill.config import ConfigError, in_range, positive_int, require
 
@@ -254,7 +254,7 @@ def fit(
         state, arrays = sharding.replicate((state, arrays), mesh)
     if host_loop:
         # the old state is dead after each update: let XLA write the new one in its buffers
-        step = jax.jit(
+        step = xla.jit(
             lambda s, d, tau: distiller.step(s, d, tau, data.first_row), donate_argnums=0
         )
 
@@ -267,7 +267,7 @@ def fit(
             return s, BlockMetrics(loss, agree, jnp.full((1,), jnp.nan))
 
     else:
-        run_block = jax.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, data.first_row, True))
+        run_block = xla.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, data.first_row, True))
 
     def manifest_for(status: str, extra: dict | None = None) -> dict:
         return checkpoint.policy_manifest(

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill import envs, losses, networks, replay, sharding
+from distill import envs, losses, networks, replay, sharding, xla
 from distill.config import ConfigError, in_range, positive_int, require
 
 
@@ -427,7 +427,7 @@ def fit(
         wall_before = float(manifest.get("wall_s", 0.0))
 
     state = sharding.replicate(state, mesh)
-    run = jax.jit(trainer.run, static_argnums=1)
+    run = xla.jit(trainer.run, static_argnums=1)
     total = config.iterations
     done = int(state.iteration)
 
@@ -587,11 +587,11 @@ def fit_atari(
             updates=jnp.zeros((), jnp.int32),
         )
 
-    @jax.jit
+    @xla.jit
     def act(params, obs, key, iteration):
         return epsilon_greedy(key, network.apply(params, obs), epsilon_at(config, iteration * n))
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
+    @functools.partial(xla.jit, donate_argnums=(0, 1, 2, 3))
     def learn(params, target, opt_state, buffer, key, updates):
         losses_ = []
         for k in jax.random.split(key, config.updates_per_step):
@@ -600,7 +600,7 @@ def fit_atari(
             losses_.append(loss)
         return params, target, opt_state, buffer, updates, jnp.mean(jnp.stack(losses_))
 
-    @functools.partial(jax.jit, donate_argnums=(0,))
+    @functools.partial(xla.jit, donate_argnums=(0,))
     def store(buffer, frames, action, reward, done):
         return replay.add(buffer, frames, action, reward, done)
 

@@ -16,6 +16,7 @@ students on a synthetic dataset, a CartPole DQN of 300 updates, multi-task MinAt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -164,13 +165,12 @@ def timed(facts: dict, name: str, fn):
 
 def single_student_runs(config, data, keys, taus):
     """Each (key, tau) trained alone on one device, without vmap: [(state, metrics)]."""
-    import jax
     import jax.numpy as jnp
 
-    from distill import student
+    from distill import student, xla
 
     d = student.make_distill(config, data.env_id)
-    run = jax.jit(lambda k, a, t: d.run(d.init(k), a, t, config.blocks, 0, True))
+    run = xla.jit(lambda k, a, t: d.run(d.init(k), a, t, config.blocks, 0, True))
     return [run(k, data.arrays(), jnp.float32(t)) for k, t in zip(keys, taus, strict=True)]
 
 
@@ -186,7 +186,7 @@ def student_checks(out: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from distill import experiments, sharding, student
+    from distill import experiments, sharding, student, xla
 
     use_compilation_cache()
     facts: dict = {"devices": jax.device_count()}
@@ -277,7 +277,7 @@ def student_checks(out: str) -> dict:
     # what XLA made of it and where its results land
     d = student.make_distill(config, data.env_id, mesh=data4)
     state0, arrays = sharding.replicate((d.init(key), data.arrays()), data4)
-    block = jax.jit(lambda s, a, t: d.run(s, a, t, 1, 0, True))
+    block = xla.jit(lambda s, a, t: d.run(s, a, t, 1, 0, True))
     compiled = timed(
         facts, "data_lowering", lambda: block.lower(state0, arrays, jnp.float32(0.01)).compile()
     )
@@ -302,7 +302,7 @@ def student_checks(out: str) -> dict:
 def teacher_checks(out: str) -> dict:
     import jax
 
-    from distill import sharding, teacher
+    from distill import sharding, teacher, xla
 
     use_compilation_cache()
     facts: dict = {"devices": jax.device_count()}
@@ -311,12 +311,12 @@ def teacher_checks(out: str) -> dict:
     config = teacher.default_config("CartPole-v1", **TEACHER)
     trainer = teacher.make_train(config)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), 4)
-    train = jax.jit(trainer.train)
+    train = xla.jit(trainer.train)
     singles = timed(facts, "single_runs", lambda: [train(k) for k in keys])
     state, m = timed(facts, "seeds", lambda: teacher.train_seeds(config, 4, seeds4))
     dp_trainer = teacher.make_train(config, data4)
     dp, dp_m = timed(
-        facts, "data", lambda: jax.jit(dp_trainer.train)(sharding.replicate(keys[0], data4))
+        facts, "data", lambda: xla.jit(dp_trainer.train)(sharding.replicate(keys[0], data4))
     )
     ref, ref_m = singles[0]
     facts["atari"] = atari_checks(data4)
@@ -375,7 +375,7 @@ def multitask_checks(out: str) -> dict:
     against the same runs on one device."""
     import jax
 
-    from distill import experiments, sharding, student, teacher
+    from distill import experiments, sharding, student, teacher, xla
     from distill import multitask as mt
 
     use_compilation_cache()
@@ -384,12 +384,16 @@ def multitask_checks(out: str) -> dict:
     data4 = sharding.make_mesh("data=4")
     config = student.StudentConfig(**MULTI_STUDENT)
     datas = tuple(synthetic_minatar(g).arrays() for g in MULTI_GAMES)
-    run = lambda mesh: experiments.distil_multitask_seeds(  # noqa: E731
-        config, MULTI_GAMES, datas, 4, mesh
+    run = lambda mesh, c=config: experiments.distil_multitask_seeds(  # noqa: E731
+        c, MULTI_GAMES, datas, 4, mesh
     )
     ref = timed(facts, "students_reference", lambda: run(None))
     by_seeds = timed(facts, "students_seeds", lambda: run(seeds4))
     by_data = timed(facts, "students_data", lambda: run(data4))
+    # the loss of each of the first updates, before RMSProp amplifies rounding (a gradient near
+    # zero gets a step of the full learning rate whatever its sign)
+    first = dataclasses.replace(config, updates=6, eval_every=1, eval_episodes=1)
+    first_ref, first_data = (run(mesh, first).loss for mesh in (None, data4))
     facts["students"] = {
         "shape": list(np.asarray(ref.score).shape),  # [seeds, blocks, games]
         "seeds_scores_equal": [same(row(by_seeds.score, i), row(ref.score, i)) for i in range(4)],
@@ -397,6 +401,9 @@ def multitask_checks(out: str) -> dict:
         "seeds_differ": not np.allclose(np.asarray(ref.loss)[0], np.asarray(ref.loss)[1]),
         "where_seeds": where(by_seeds, seeds4),
         "data_max_loss_diff": max_diff(by_data.loss, ref.loss),
+        "data_first_updates_max_rel_diff": float(
+            np.max(np.abs(np.asarray(first_data) / np.asarray(first_ref) - 1))
+        ),
         "loss_scale": float(np.abs(np.asarray(ref.loss)).min()),
         "scores_finite": bool(np.isfinite(np.asarray(by_data.score)).all()),
     }
@@ -409,7 +416,7 @@ def multitask_checks(out: str) -> dict:
         states[name] = timed(
             facts,
             name,
-            lambda init=init, train=train, k=k, n=iterations: jax.jit(
+            lambda init=init, train=train, k=k, n=iterations: xla.jit(
                 lambda kk: train(init(kk), n)
             )(k),
         )

@@ -333,7 +333,10 @@ def test_multitask_students_over_seeds_and_data(runs):
     assert f["seeds_max_loss_diff"] < 1e-6 * f["loss_scale"] and all(f["seeds_scores_equal"]), f
     assert f["seeds_differ"]
     assert_split_over_seeds(f["where_seeds"])
-    assert f["data_max_loss_diff"] < 1e-5 * f["loss_scale"] and f["scores_finite"], f
+    # over data=4 the sums run in another order: the first updates agree to float rounding;
+    # after that RMSProp amplifies it (seen: 6.7e-4 in one seed's loss after 20 updates)
+    assert f["data_first_updates_max_rel_diff"] < 1e-5, f
+    assert f["data_max_loss_diff"] < 3e-3 * f["loss_scale"] and f["scores_finite"], f
 
 
 def test_multitask_dqn_data_parallel_within_float_tolerance(runs):

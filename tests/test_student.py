@@ -20,7 +20,7 @@ import pytest
 from conftest import ENV
 
 import distill
-from distill import checkpoint, cli, dataset, experiments, runs, student
+from distill import checkpoint, cli, dataset, experiments, runs, student, xla
 from distill.config import ConfigError
 
 
@@ -61,7 +61,7 @@ def seeds_run(data):
 def one_block_runner(config: student.StudentConfig):
     """A jitted block, built exactly as `fit` builds it: `(state, arrays, tau) -> (state, m)`."""
     distiller = student.make_distill(config, ENV)
-    return distiller, jax.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, 0, True))
+    return distiller, xla.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, 0, True))
 
 
 class StopAtOnce(runs.StopRequest):
