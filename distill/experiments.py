@@ -11,6 +11,8 @@ teachers and datasets first.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, dataset, envs, evaluate, paths, sharding, student, teacher
+from distill import checkpoint, dataset, envs, evaluate, paths, sharding, student, teacher, xla
+from distill.config import to_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,9 +220,6 @@ def student_folder_name(
     """`<game>_<net>_<loss>_<hash>`: the hash covers the whole config, the dataset and seeds
     (students trained side by side depend on how many there are; `None` for a folder of
     independent per-seed runs)."""
-    import hashlib
-    import json
-
     key = json.dumps(
         {
             "config": dataclasses.asdict(config),
@@ -711,7 +711,18 @@ def multitask(
     dqn_mesh = sharding.for_one_run(mesh)  # one run: only a `data` axis splits it
     network, init, run, iterations = mt.make_multitask_train(dqn_config, games, dqn_mesh)
     key = sharding.replicate(jax.random.PRNGKey(0), dqn_mesh)
-    state, _ = jax.jit(lambda k: run(init(k), iterations))(key)
+    identity = {"config": to_dict(dqn_config), "games": list(games), "mesh": str(dqn_mesh)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    state = mt.train_in_chunks(
+        run,
+        xla.jit(init)(key),
+        iterations,
+        games,
+        progress=progress,
+        folder=runs_dir / f"multitask-dqn_{digest}",
+        identity=identity,
+        mesh=dqn_mesh,
+    )
     params = sharding.to_host(state.params)
     scores = mt.evaluate_heads(network, params, games, b.eval_episodes, seed=10_000)
     add_rows("multi-dqn", np.array([[s.mean for s in scores]]))

@@ -19,13 +19,14 @@ across its devices; seeds are split by the caller (`experiments.distil_multitask
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from distill import envs, evaluate, losses, networks, replay, sharding, student, teacher
+from distill import envs, evaluate, losses, networks, replay, sharding, student, teacher, xla
 from distill.config import ConfigError
 
 HEAD_HIDDEN = 128  # the paper's per-game fc2 of 128 units
@@ -296,6 +297,107 @@ def make_multitask_train(
         return jax.lax.scan(iteration, state, None, length=iterations)
 
     return network, init, run, iterations
+
+
+def chunk_size(iterations: int, chunks: int) -> int:
+    """The largest divisor of `iterations` that is at most iterations / chunks (rounded up).
+
+    Equal chunks compile once; a remainder chunk would compile the whole run a second time.
+    """
+    target = max(1, -(-iterations // max(chunks, 1)))
+    return max(d for d in range(1, target + 1) if iterations % d == 0)
+
+
+def train_in_chunks(
+    run: Callable,
+    state: MultiTrainState,
+    iterations: int,
+    games: Sequence[str],
+    *,
+    chunks: int = 50,
+    progress: bool = True,
+    folder: str | Path | None = None,
+    identity: dict | None = None,
+    checkpoint_every_s: float = 120.0,
+    mesh: jax.sharding.Mesh | None = None,
+) -> MultiTrainState:
+    """`run(state, iterations)` cut into about `chunks` compiled calls, with a progress bar.
+
+    The state carries the key and the iteration count, so the result is the same as one call of
+    `iterations` (tests/test_experiments.py). The bar shows each game's mean episode return over
+    the last chunk. With a `folder`, the training state is saved there every
+    `checkpoint_every_s` seconds, on SIGINT/SIGTERM and at the end, and a run found there is
+    continued (or, finished, returned) if it was made with the same `identity` (a JSON-able
+    description of the config and games) and chunk size; `state` is then only the template.
+    """
+    import time
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from distill import checkpoint, runs
+
+    size = chunk_size(iterations, chunks)
+    done = 0
+    if folder is not None:
+        folder = Path(folder)
+        manifest = checkpoint.previous_run(
+            folder,
+            True,
+            "multi-task DQN",
+            lambda m: m.get("identity") == identity and m.get("chunk") == size,
+            "another config",
+        )
+        if manifest is not None:
+            raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
+            where = str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE, manifest))
+            state = sharding.replicate(checkpoint.pytree_from_bytes(raw, state, where), mesh)
+            done = int(manifest["iteration"])
+
+    def save(status: str) -> None:
+        manifest = {
+            "kind": "multitask-dqn",
+            "status": status,
+            "identity": identity,
+            "chunk": size,
+            "iteration": done,
+        }
+        files = {checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(state)}
+        checkpoint.write_checkpoint(folder, files, manifest)
+
+    run_chunk = xla.jit(lambda s: run(s, size))
+    last_save = time.perf_counter()
+    with (
+        runs.stop_on_signals() as stop,
+        tqdm(
+            total=iterations, initial=done, unit="it", desc="multi-task DQN", disable=not progress
+        ) as bar,
+    ):
+        while done < iterations:
+            state, (ret_sums, episodes, _) = run_chunk(state)
+            done += size
+            ret_sums, episodes = np.asarray(ret_sums).sum(0), np.asarray(episodes).sum(0)
+            bar.update(size)
+            bar.set_postfix(
+                {
+                    g.split("-")[0]: f"{r / e:.1f}" if e else "-"
+                    for g, r, e in zip(games, ret_sums, episodes, strict=True)
+                }
+            )
+            now = time.perf_counter()
+            if folder is not None and (
+                done == iterations or stop.requested or now - last_save >= checkpoint_every_s
+            ):
+                save("complete" if done == iterations else "running")
+                last_save = now
+            if stop.requested and done < iterations:
+                raise runs.Interrupted(
+                    f"{stop.signal_name}: multi-task DQN saved at iteration {done} in {folder}; "
+                    "run the same command again to continue"
+                    if folder is not None
+                    else f"{stop.signal_name}: multi-task DQN stopped at iteration {done}"
+                )
+    return state
 
 
 def evaluate_heads(network, params, games: Sequence[str], episodes: int, seed: int = 0):

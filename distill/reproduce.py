@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from distill import checkpoint, experiments, report
+from distill import checkpoint, experiments, report, xla
 
 SUITES = {
     "minatar": {
@@ -60,6 +60,7 @@ def _machine() -> dict:
         "cpus": os.cpu_count(),
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "compiler_options": xla.compiler_options(),
     }
 
 
@@ -163,6 +164,7 @@ def reproduce(
         print(f"[{i}/{len(stages)}] {stage}: done in {timings[stage]:.0f} s", flush=True)
         # the report so far: an interrupted run still leaves every finished stage's tables
         write_outputs(out, meta, results)
+    write_outputs(out, meta, results)  # also when no stage ran or was finished before
     return out
 
 
@@ -178,6 +180,11 @@ def _in_stage_order(meta: dict) -> list[str]:
     return sorted(meta["stage_wall_s"], key=lambda s: order.index(s) if s in order else len(order))
 
 
+def _options_note(options: dict | None) -> str:
+    """The XLA compiler options of the run (distill.xla), where it recorded any."""
+    return f", XLA options {options}" if options else ""
+
+
 STAGE_ORDER = ("teachers", "losses", "compression", "multitask", "online")  # without "stages"
 
 
@@ -189,7 +196,9 @@ def render_report(meta: dict, results: dict) -> str:
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']['platform']}, {meta['machine']['cpus']} CPUs, "
-        f"JAX backend {meta['machine']['jax_backend']}  ",
+        f"JAX backend {meta['machine']['jax_backend']}"
+        + _options_note(meta["machine"].get("compiler_options"))
+        + "  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         "",
         "Budget: " + ", ".join(f"{k}={v}" for k, v in b.items()),

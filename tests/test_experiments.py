@@ -9,12 +9,14 @@ import json
 import math
 import shutil
 
+import jax
 import matplotlib
 import numpy as np
 import pytest
 from conftest import DATASET_CONFIG, ENV
 
-from distill import experiments, report
+from distill import checkpoint, experiments, report, teacher, xla
+from distill import multitask as mt
 
 matplotlib.use("Agg")
 
@@ -222,3 +224,69 @@ def test_write_loss_comparison(tmp_path, comparison):
     assert lines[0].startswith("| game | loss | seeds | score_mean | percent_mean |")
     assert len(lines) == 2 + 3
     assert (folder / "loss_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- multi-task DQN
+
+
+@pytest.mark.parametrize(
+    "iterations, chunks, size", [(200, 4, 50), (10, 3, 2), (7, 50, 1), (13, 2, 1), (12, 1, 12)]
+)
+def test_chunk_size_divides_the_run(iterations, chunks, size):
+    assert mt.chunk_size(iterations, chunks) == size
+    assert iterations % size == 0
+
+
+def test_multitask_dqn_in_chunks_equals_one_call_and_resumes(tmp_path, monkeypatch):
+    """The experiment runs the multi-task DQN in chunks (a progress bar, checkpoints): the same
+    result as one call, also when the process dies after a checkpoint and the run continues."""
+    games = ("Breakout-MinAtar", "SpaceInvaders-MinAtar")
+    config = teacher.default_config(
+        games[0],
+        total_steps=1_600,
+        num_envs=4,
+        buffer_size=800,
+        batch_size=32,
+        learning_starts=400,
+        target_update_every=50,
+    )
+    _, init, run, iterations = mt.make_multitask_train(config, games)
+    key = jax.random.PRNGKey(0)
+    whole, _ = xla.jit(lambda k: run(init(k), iterations))(key)
+    template = xla.jit(init)(key)
+
+    def assert_same(state):
+        leaves = zip(
+            jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(whole), strict=True
+        )
+        for a, b in leaves:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    chunked = mt.train_in_chunks(run, template, iterations, games, chunks=4, progress=False)
+    assert iterations == 200 and int(chunked.updates) > 0
+    assert int(chunked.iteration) == iterations
+    assert_same(chunked)
+
+    folder, identity = tmp_path / "dqn", {"games": list(games)}
+    resumable = dict(chunks=4, progress=False, folder=folder, identity=identity)
+    saved, write = [], checkpoint.write_checkpoint
+
+    def killed_after_two_saves(*args, **kwargs):
+        write(*args, **kwargs)
+        saved.append(args[2]["iteration"])
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", killed_after_two_saves)
+    with pytest.raises(KeyboardInterrupt):
+        mt.train_in_chunks(run, template, iterations, games, checkpoint_every_s=0, **resumable)
+    monkeypatch.undo()
+    manifest = checkpoint.read_manifest(folder)
+    assert saved == [50, 100] and (manifest["iteration"], manifest["status"]) == (100, "running")
+    assert_same(mt.train_in_chunks(run, template, iterations, games, **resumable))
+    assert checkpoint.read_manifest(folder)["status"] == "complete"
+    assert_same(mt.train_in_chunks(run, template, iterations, games, **resumable))  # read back
+    with pytest.raises(checkpoint.CheckpointError, match="another config"):
+        mt.train_in_chunks(
+            run, template, iterations, games, **{**resumable, "identity": {"games": []}}
+        )

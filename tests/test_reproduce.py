@@ -101,6 +101,14 @@ def test_only_the_named_stages_run(minatar_smoke, tmp_path, capsys):
         reproduce.reproduce("minatar", "smoke", out, only=("multitask",))
 
 
+def test_a_run_that_runs_nothing_still_reports(tmp_path):
+    """No stage finished before and none asked for: the report still says what is missing."""
+    out = reproduce.reproduce("minatar", "smoke", tmp_path / "run", progress=False, only=())
+    report = (out / "report.md").read_text()
+    assert "Unfinished, not run yet: teachers, losses, compression, online" in report
+    assert json.loads((out / "results.json").read_text())["results"] == {}
+
+
 def test_atari_suite_smoke(tmp_path):
     out = reproduce.reproduce("atari", "smoke", tmp_path / "atari", progress=False)
     results = json.loads((out / "results.json").read_text())
