@@ -45,7 +45,7 @@ def main() -> None:
     rows = []
     raw = raw_atari_rate(args.env, n_train, 4_000 * scale, training=True)
     rows.append(("training (fit_atari)", n_train, raw, train_atari_rate(args.env, 4_000 * scale)))
-    gen = atari_generation(args.env, 1024 * scale, num_envs=16)
+    gen = atari_generation(args.env, 1024 * scale, num_envs=16, rounds=1 if args.quick else 3)
     rows.append(("dataset generation", 16, gen["env"], gen["generate"]))
     raw = raw_atari_rate(args.env, 8, 4_000 * scale, training=False)
     rows.append(("evaluation", 8, raw, evaluation_rate(args.env, 8 * scale, 8)))

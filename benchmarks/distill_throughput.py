@@ -4,7 +4,8 @@
    - MinAtar: states/s of the jitted generator against the raw jitted env (random actions).
    - Atari: states/s of `dataset.generate` (two env halves alternating, so env threads overlap
      with inference) against the bound 1 / (1/env_rate + 1/inference_rate) that the raw
-     `AtariVectorEnv` rate and the teacher's own inference rate set, both measured here.
+     `AtariVectorEnv` rate and the teacher's own inference rate set, both measured around each
+     of 3 rounds (1 with --quick); the median ratio is printed beside each round's.
 2. Student training, run as `student.fit` runs it (a scan of updates on MinAtar, one update per
    call with native convolution gradients on Atari): samples/s and achieved FLOP/s (XLA's own
    count of one compiled update) against a dense float32 matmul's FLOP/s, measured just before
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -56,8 +58,15 @@ def minatar_generation(env_id: str, rows: int, repeats: int) -> tuple[float, flo
     return rows * 64 / gen, rows * 64 / raw_t
 
 
-def atari_generation(env_id: str, states: int, num_envs: int = 16) -> dict:
+def atari_generation(env_id: str, states: int, num_envs: int = 16, rounds: int = 3) -> dict:
+    """Steady generation states/s against the env/inference bound, in `rounds` rounds.
+
+    This CPU's rates drift within a minute (the raw env between about 3,800 and 6,300 steps/s
+    here): each round measures the references just before and just after its generation runs
+    and gives its own ratio; the medians over rounds are returned.
+    """
     spec = envs.spec(env_id)
+    per_round = []
     with tempfile.TemporaryDirectory() as d:
         policy = untrained_teacher(env_id, d + "/teacher")
         # inference rate on batches of one half (what the generator feeds the network)
@@ -69,27 +78,32 @@ def atari_generation(env_id: str, states: int, num_envs: int = 16) -> dict:
             inf_t = median_time(lambda: f(policy.params, obs).block_until_ready(), 20)
             return env, (num_envs // 2) / inf_t
 
-        # this CPU's rates drift within minutes: the references are measured before and after
-        before = references()
-        # Creating and resetting the emulators costs seconds whatever the size: time a run of
-        # `states` and one of 3 x `states`; the difference is the steady generation rate.
-        walls = []
-        for i, n in enumerate((states, 3 * states)):
-            config = dataset.DatasetConfig(states=n, num_envs=num_envs, shard_states=n)
-            t0 = time.perf_counter()
-            dataset.generate(policy.path, config, f"{d}/ds{i}", progress=False)
-            walls.append(time.perf_counter() - t0)
-        gen_rate = 2 * states / (walls[1] - walls[0])
-        setup_s = walls[0] - states / gen_rate
-        env_rate, inference_rate = ((a + b) / 2 for a, b in zip(before, references(), strict=True))
-    bound = 1.0 / (1.0 / env_rate + 1.0 / inference_rate)
-    return {
-        "env": env_rate,
-        "inference": inference_rate,
-        "bound": bound,
-        "generate": gen_rate,
-        "setup_s": setup_s,
-    }
+        for r in range(rounds):
+            before = references()
+            # Creating and resetting the emulators costs seconds whatever the size: time a run
+            # of `states` and one of 3 x `states`; the difference is the steady generation rate.
+            walls = []
+            for i, n in enumerate((states, 3 * states)):
+                config = dataset.DatasetConfig(states=n, num_envs=num_envs, shard_states=n)
+                t0 = time.perf_counter()
+                dataset.generate(policy.path, config, f"{d}/ds{r}_{i}", progress=False)
+                walls.append(time.perf_counter() - t0)
+            gen = 2 * states / (walls[1] - walls[0])
+            env, inference = ((a + b) / 2 for a, b in zip(before, references(), strict=True))
+            bound = 1.0 / (1.0 / env + 1.0 / inference)
+            per_round.append(
+                {
+                    "env": env,
+                    "inference": inference,
+                    "bound": bound,
+                    "generate": gen,
+                    "ratio": gen / bound,
+                    "setup_s": walls[0] - states / gen,
+                }
+            )
+    out = {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
+    out["ratios"] = [r["ratio"] for r in per_round]
+    return out
 
 
 def fake_data(obs_shape, num_actions: int, rows: int = 256, envs_: int = 4) -> dict:
@@ -158,12 +172,12 @@ def main() -> None:
             f"{env_id:<24} generate {gen:>11,.0f} states/s  raw env {raw:>11,.0f} steps/s  "
             f"ratio {gen / raw:.3f}"
         )
-    a = atari_generation("ALE/Pong-v5", 1024 * scale)
+    a = atari_generation("ALE/Pong-v5", 1024 * scale, rounds=1 if args.quick else 3)
     print(
         f"{'ALE/Pong-v5':<24} generate {a['generate']:>11,.0f} states/s  env {a['env']:,.0f}, "
         f"inference {a['inference']:,.0f}, bound {a['bound']:,.0f}  ratio to bound "
-        f"{a['generate'] / a['bound']:.3f}  (steady rate; {a['setup_s']:.1f} s to start the "
-        "emulators, once per run)"
+        f"{a['ratio']:.3f}  (median of rounds {', '.join(f'{r:.3f}' for r in a['ratios'])}; "
+        f"steady rate; {a['setup_s']:.1f} s to start the emulators, once per run)"
     )
     print("\n2. student training (KL, RMSProp)")
     cases = [

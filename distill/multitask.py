@@ -330,6 +330,7 @@ def train_in_chunks(
     continued (or, finished, returned) if it was made with the same `identity` (a JSON-able
     description of the config and games) and chunk size; `state` is then only the template.
     """
+    import json
     import time
 
     import numpy as np
@@ -341,6 +342,7 @@ def train_in_chunks(
     done = 0
     if folder is not None:
         folder = Path(folder)
+        identity = json.loads(json.dumps(identity))  # as the manifest reads back (no tuples)
         manifest = checkpoint.previous_run(
             folder,
             True,

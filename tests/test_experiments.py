@@ -267,7 +267,7 @@ def test_multitask_dqn_in_chunks_equals_one_call_and_resumes(tmp_path, monkeypat
     assert int(chunked.iteration) == iterations
     assert_same(chunked)
 
-    folder, identity = tmp_path / "dqn", {"games": list(games)}
+    folder, identity = tmp_path / "dqn", {"games": games}  # a tuple, stored as a list
     resumable = dict(chunks=4, progress=False, folder=folder, identity=identity)
     saved, write = [], checkpoint.write_checkpoint
 
