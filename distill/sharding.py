@@ -226,7 +226,7 @@ def map_seeds(fn: Callable, mesh: Mesh | None = None) -> Callable:
     """`g(batched, *shared)`: `fn(one, *shared)` for every slice `one` of the leading axis of
     `batched` (a pytree: keys `[n, 2]`, or keys and tau values), in one compiled call.
 
-    Without a mesh this is `jax.jit(jax.vmap(fn, in_axes=(0, None, ...)))`, as before. With a mesh
+    Without a mesh this is `xla.jit(jax.vmap(fn, in_axes=(0, None, ...)))`, as before. With a mesh
     `batched` is split over its `seeds` axis, `shared` (datasets, tau) is replicated, and every
     result comes back split over `seeds` (`P('seeds')` on its leading axis). A run count that is
     not a multiple of the axis size is padded with copies of the last run, which are dropped from

@@ -4,9 +4,10 @@ jaxlib 0.10 on a CPU hands convolutions and dots to YNNPACK (`__ynn_fusion` in t
 program). On this project's CPU (2-core AMD EPYC) its convolutions run slower than XLA's own
 (Eigen) ones: listing only dots as YNN fusions (`xla_cpu_experimental_ynn_fusion_type`) gives the
 convolutions back to XLA and keeps the dots in YNNPACK. Measured with
-`python benchmarks/distill_throughput.py` and `benchmarks/teacher_throughput.py` (README,
-"Speed"): an Atari student update at batch 32 and Atari teacher training are about 1.3 to 1.5 times
-faster, with the same results to float rounding (tests/test_xla.py).
+`python benchmarks/distill_throughput.py` (README, "Benchmarks"): an Atari student update at
+batch 32 runs about 1.5 times faster (1,230-1,530 samples/s without, 2,060-2,170 with), with the
+same results to float rounding (tests/test_xla.py); `fit_atari` is unchanged within this
+machine's noise.
 
 Where this jaxlib does not take the option, or the backend is not a CPU, `compiler_options()` is
 empty and `jit` is plain `jax.jit`; `DISTILL_XLA_OPTIONS=0` in the environment turns the options
