@@ -3,6 +3,7 @@ turned off, and `xla.jit` behaves as `jax.jit` (static and donated arguments, `.
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import pytest
 
@@ -37,6 +38,8 @@ def test_options_on_this_cpu_are_the_tested_ones(fresh_options):
     assert xla.compiler_options() in ({}, xla.CPU_OPTIONS)
     if jax.default_backend() != "cpu":
         assert xla.compiler_options() == {}
+    elif jaxlib.__version__.startswith("0.10."):  # where it was measured: no silent fallback
+        assert xla.compiler_options() == xla.CPU_OPTIONS
 
 
 def _q_loss_grad():
