@@ -14,6 +14,8 @@ import matplotlib
 import numpy as np
 import pytest
 from conftest import DATASET_CONFIG, ENV
+from sharding_checks import MULTI_GAMES
+from sharding_checks import TEACHER as TINY_DQN
 
 from distill import checkpoint, experiments, report, teacher, xla
 from distill import multitask as mt
@@ -240,16 +242,8 @@ def test_chunk_size_divides_the_run(iterations, chunks, size):
 def test_multitask_dqn_in_chunks_equals_one_call_and_resumes(tmp_path, monkeypatch):
     """The experiment runs the multi-task DQN in chunks (a progress bar, checkpoints): the same
     result as one call, also when the process dies after a checkpoint and the run continues."""
-    games = ("Breakout-MinAtar", "SpaceInvaders-MinAtar")
-    config = teacher.default_config(
-        games[0],
-        total_steps=1_600,
-        num_envs=4,
-        buffer_size=800,
-        batch_size=32,
-        learning_starts=400,
-        target_update_every=50,
-    )
+    games = MULTI_GAMES
+    config = teacher.default_config(games[0], **TINY_DQN)  # 200 iterations of 2 games x 4 envs
     _, init, run, iterations = mt.make_multitask_train(config, games)
     key = jax.random.PRNGKey(0)
     whole, _ = xla.jit(lambda k: run(init(k), iterations))(key)
