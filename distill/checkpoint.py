@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import envs, networks
+from distill import envs, families, networks
 
 MANIFEST = "manifest.json"
 PARAMS = "params.npz"
@@ -357,7 +357,10 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
             f"{folder}: has {manifest['num_actions']} actions but {spec.env_id} has "
             f"{spec.num_actions}"
         )
-    module = networks.build(manifest["net"], spec.obs_shape, spec.num_actions)
+    try:
+        module = families.build_network(spec.env_id, manifest["net"])
+    except ValueError as e:
+        raise CheckpointError(f"{folder / MANIFEST}: {e}") from None
     template = jax.eval_shape(
         lambda k: networks.init_params(module, k, spec.obs_shape, spec.obs_dtype),
         jax.random.PRNGKey(0),

@@ -28,11 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, envs, replay, runs, xla
+from distill import acting, checkpoint, envs, families, replay, runs, xla
 from distill.checkpoint import CheckpointError
 from distill.config import ConfigError, in_range, positive_int, require
 from distill.evaluate import EVAL_EPSILON
-from distill.teacher import epsilon_greedy
 
 GENERATOR_STATE = "generator_state.npz"
 
@@ -71,7 +70,7 @@ class DatasetConfig:
 
 def stack_of(spec: envs.EnvSpec) -> int:
     """Frames per observation rebuilt on read: 4 on Atari, 1 (whole observations) elsewhere."""
-    return spec.obs_shape[0] if spec.is_atari else 1
+    return families.frame_stack(spec)
 
 
 def same_source(a: dict | None, b: dict | None) -> bool:
@@ -103,28 +102,26 @@ def make_gymnax_generator(policy, config: DatasetConfig):
     """(init(key) -> GenState, shard(params, GenState, rows) -> (GenState, arrays)): pure."""
     env = envs.make(policy.env_id)
     n = config.num_envs
-    storage = jnp.bool_ if policy.env_id in envs.MINATAR_IDS else jnp.dtype(env.spec.obs_dtype)
+    storage = families.storage_dtype(env.spec)
 
     def init(key):
         k_env, key = jax.random.split(key)
-        obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, n))
+        obs, env_state = acting.graph_reset(env, k_env, n)
         return GenState(env_state, obs, key)
 
     def step(params, carry: GenState, _):
         key, k_act, k_env = jax.random.split(carry.key, 3)
-        q = policy.apply(params, carry.obs)  # [envs, actions]
-        action = epsilon_greedy(k_act, q, config.epsilon)
-        obs, env_state, reward, done, _ = jax.vmap(env.step)(
-            jax.random.split(k_env, n), carry.env_state, action
+        s = acting.graph_step(
+            env, policy.apply, params, carry.obs, carry.env_state, k_act, k_env, config.epsilon
         )
         record = {
             "obs": carry.obs.astype(storage),
-            "q": q.astype(jnp.float32),
-            "action": action.astype(jnp.int32),
-            "reward": reward,
-            "done": done,
+            "q": s.q.astype(jnp.float32),  # [envs, actions]
+            "action": s.action.astype(jnp.int32),
+            "reward": s.reward,
+            "done": s.done,
         }
-        return GenState(env_state, obs, key), record
+        return GenState(s.env_state, s.obs, key), record
 
     def shard(params, state: GenState, rows: int):
         return jax.lax.scan(lambda c, x: step(params, c, x), state, None, length=rows)
@@ -285,14 +282,15 @@ def _generate_atari(
     spec = policy.spec
     half = config.num_envs // 2
     stack = stack_of(spec)
+    frame, storage = families.frame_shape(spec), families.storage_dtype(spec)
     # A resumed Atari dataset continues with fresh episodes (the emulators' state is not saved).
     seed = config.seed + 1_000_003 * len(shards)
     halves = [envs.make_atari(spec.env_id, half, training=False) for _ in range(2)]
     obs = [envs.reset_in_env_order(h, seed + 7919 * i) for i, h in enumerate(halves)]
-    act = xla.jit(lambda p, o, k: _act(policy.apply, p, o, k, config.epsilon))
+    act = acting.host_actor(policy.apply, config.epsilon)
     key = jax.random.PRNGKey(seed)
     history = {  # the rows before the shard, for rebuilding stacks: start of data = zeros, done
-        "frames": np.zeros((stack - 1, config.num_envs, 84, 84), np.uint8),
+        "frames": np.zeros((stack - 1, config.num_envs, *frame), storage),
         "done": np.ones((stack - 1, config.num_envs), bool),
     }
     try:
@@ -304,7 +302,7 @@ def _generate_atari(
             done_rows = sum(_shard_rows(s) for s in shards)
             rows = min(per_shard, total_rows - done_rows)
             buf = {
-                "obs": np.zeros((rows, config.num_envs, 84, 84), np.uint8),
+                "obs": np.zeros((rows, config.num_envs, *frame), storage),
                 "q": np.zeros((rows, config.num_envs, spec.num_actions), np.float32),
                 "action": np.zeros((rows, config.num_envs), np.int32),
                 "reward": np.zeros((rows, config.num_envs), np.float32),
@@ -355,11 +353,6 @@ def _generate_atari(
     finally:
         for h in halves:
             h.close()
-
-
-def _act(apply_fn, params, obs, key, epsilon):
-    q = apply_fn(params, obs)
-    return q, epsilon_greedy(key, q, epsilon)
 
 
 # ---------------------------------------------------------------------------- reading

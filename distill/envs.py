@@ -25,7 +25,8 @@ MINATAR_IDS = (
     "Freeway-MinAtar",
     "Seaquest-MinAtar",
 )
-GYMNAX_IDS = (*MINATAR_IDS, "CartPole-v1")
+VECTOR_IDS = ("CartPole-v1",)
+GYMNAX_IDS = (*MINATAR_IDS, *VECTOR_IDS)
 # What each MinAtar channel shows (Young & Tian 2019; gymnax keeps MinAtar's order).
 MINATAR_CHANNELS: dict[str, tuple[str, ...]] = {
     "Breakout-MinAtar": ("paddle", "ball", "trail", "brick"),
@@ -71,6 +72,7 @@ PAPER_ATARI_IDS = tuple(f"ALE/{g}-v5" for g in PAPER_ATARI_GAMES)
 # The paper's Atari protocol (Mnih et al. 2015 preprocessing; Rusu et al. 2016, section 5).
 ATARI_FRAMESKIP = 4
 ATARI_STACK = 4
+ATARI_FRAME = (84, 84)  # grayscale frame, height x width
 ATARI_NOOP_MAX = 30
 ATARI_MAX_FRAMES = 108_000  # 30 minutes at 60 Hz
 
@@ -88,6 +90,7 @@ class EnvSpec:
 
     env_id: str
     backend: Backend
+    family: str  # the name of its entry in distill.families (minatar, atari, vector, ...)
     obs_shape: tuple[int, ...]
     obs_dtype: str
     num_actions: int
@@ -171,33 +174,51 @@ def action_names(env_id: str) -> tuple[str, ...]:
 
 @functools.cache
 def spec(env_id: str) -> EnvSpec:
-    """The `EnvSpec` of an id; an unknown id raises ValueError listing close matches."""
+    """The `EnvSpec` of an id, from the env family that owns it (`distill.families`).
+
+    An unknown id raises ValueError listing close matches.
+    """
+    from distill import families  # the registry imports this module
+
     if not isinstance(env_id, str):
         raise ValueError(f"env id must be a string; got {env_id!r}")
-    if env_id in GYMNAX_IDS:
-        import gymnax
+    family = families.owner(env_id)
+    if family is None:
+        raise _unknown(env_id)
+    return dataclasses.replace(family.spec(env_id), family=family.name)
 
-        env, params = gymnax.make(env_id)
-        obs = jax.eval_shape(lambda k: env.reset(k, params)[0], jax.random.PRNGKey(0))
-        return EnvSpec(
-            env_id=env_id,
-            backend="gymnax",
-            obs_shape=tuple(obs.shape),
-            obs_dtype=str(obs.dtype),
-            num_actions=int(env.num_actions),
-            max_episode_steps=int(params.max_steps_in_episode),
-        )
-    if env_id.startswith("ALE/"):
-        rom = ale_game(env_id)
-        return EnvSpec(
-            env_id=env_id,
-            backend="ale",
-            obs_shape=(ATARI_STACK, 84, 84),
-            obs_dtype="uint8",
-            num_actions=_atari_num_actions(rom),
-            max_episode_steps=ATARI_MAX_FRAMES // ATARI_FRAMESKIP,
-        )
-    raise _unknown(env_id)
+
+def gymnax_spec(env_id: str) -> EnvSpec:
+    """The spec of a gymnax env (MinAtar, CartPole), read off gymnax itself."""
+    if env_id not in GYMNAX_IDS:
+        raise _unknown(env_id)
+    import gymnax
+
+    env, params = gymnax.make(env_id)
+    obs = jax.eval_shape(lambda k: env.reset(k, params)[0], jax.random.PRNGKey(0))
+    return EnvSpec(
+        env_id=env_id,
+        backend="gymnax",
+        family="",  # set by spec() from the owning family
+        obs_shape=tuple(obs.shape),
+        obs_dtype=str(obs.dtype),
+        num_actions=int(env.num_actions),
+        max_episode_steps=int(params.max_steps_in_episode),
+    )
+
+
+def ale_spec(env_id: str) -> EnvSpec:
+    """The spec of an ale-py game with the paper's preprocessing (a stack of 84x84 frames)."""
+    rom = ale_game(env_id)
+    return EnvSpec(
+        env_id=env_id,
+        backend="ale",
+        family="",  # set by spec() from the owning family
+        obs_shape=(ATARI_STACK, *ATARI_FRAME),
+        obs_dtype="uint8",
+        num_actions=_atari_num_actions(rom),
+        max_episode_steps=ATARI_MAX_FRAMES // ATARI_FRAMESKIP,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,8 +291,8 @@ def make_atari(
         num_threads=num_threads,
         frameskip=ATARI_FRAMESKIP,
         stack_num=ATARI_STACK,
-        img_height=84,
-        img_width=84,
+        img_height=ATARI_FRAME[0],
+        img_width=ATARI_FRAME[1],
         grayscale=True,
         maxpool=True,
         noop_max=noop_max,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import envs, xla
+from distill import acting, envs, families, xla
 
 EVAL_EPSILON = 0.05
 
@@ -61,24 +61,19 @@ def random_apply(num_actions: int) -> Callable:
 
 def make_gymnax_evaluator(env_id: str, apply_fn: Callable, num_episodes: int) -> Callable:
     """Jittable `(params, key, epsilon) -> [num_episodes]`: first-episode return per env."""
-    from distill.teacher import epsilon_greedy
-
     env = envs.make(env_id)
     steps = env.spec.max_episode_steps
 
     def evaluate(params: Any, key: jax.Array, epsilon: jax.Array) -> jax.Array:
         k_reset, key = jax.random.split(key)
-        obs, state = jax.vmap(env.reset)(jax.random.split(k_reset, num_episodes))
+        obs, state = acting.graph_reset(env, k_reset, num_episodes)
 
         def step(carry, k):
             obs, state, total, running = carry
             k_act, k_env = jax.random.split(k)
-            action = epsilon_greedy(k_act, apply_fn(params, obs), epsilon)
-            obs, state, reward, done, _ = jax.vmap(env.step)(
-                jax.random.split(k_env, num_episodes), state, action
-            )
-            total = total + jnp.where(running, reward, 0.0)
-            return (obs, state, total, running & ~done), None
+            s = acting.graph_step(env, apply_fn, params, obs, state, k_act, k_env, epsilon)
+            total = total + jnp.where(running, s.reward, 0.0)
+            return (s.obs, s.env_state, total, running & ~s.done), None
 
         init = (obs, state, jnp.zeros(num_episodes), jnp.ones(num_episodes, bool))
         (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(key, steps))
@@ -120,7 +115,7 @@ def evaluate_atari(
 
     num_envs = max(1, min(num_envs, episodes))
     env = envs.make_atari(env_id, num_envs, training=False)
-    act = xla.jit(lambda p, o, k: _eps_greedy(apply_fn(p, o), k, epsilon))
+    act = acting.host_actor(apply_fn, epsilon)
     key = jax.random.PRNGKey(seed)
     obs = envs.reset_in_env_order(env, seed)
     quota = [episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)]
@@ -131,8 +126,8 @@ def evaluate_atari(
     try:
         while any(len(s) < q for s, q in zip(scores, quota, strict=True)):
             key, k = jax.random.split(key)
-            action = np.asarray(act(params, obs, k), dtype=np.int32)
-            obs, reward, terminated, truncated = envs.in_env_order(*env.step(action))
+            _, action = act(params, obs, k)
+            obs, reward, terminated, truncated = acting.host_step(env, action)
             steps += num_envs
             totals += reward
             ended = terminated | truncated
@@ -148,17 +143,11 @@ def evaluate_atari(
     return Scores(env_id, flat, float(epsilon), steps)
 
 
-def _eps_greedy(q: jax.Array, key: jax.Array, epsilon: float) -> jax.Array:
-    from distill.teacher import epsilon_greedy
-
-    return epsilon_greedy(key, q, epsilon)
-
-
 def evaluate_policy(
     policy, episodes: int, epsilon: float = EVAL_EPSILON, seed: int = 0, **kw
 ) -> Scores:
     """Evaluate a `distill.load`-ed policy in its own env."""
-    if policy.spec.is_atari:
+    if not families.of(policy.spec).in_graph:
         return evaluate_atari(
             policy.apply, policy.params, policy.env_id, episodes, epsilon, seed, **kw
         )
@@ -169,6 +158,6 @@ def evaluate_random(env_id: str, episodes: int, seed: int = 0, **kw) -> Scores:
     """The uniform random policy's scores (epsilon = 1)."""
     spec = envs.spec(env_id)
     apply_fn = random_apply(spec.num_actions)
-    if spec.is_atari:
+    if not families.of(spec).in_graph:
         return evaluate_atari(apply_fn, None, env_id, episodes, 1.0, seed, **kw)
     return evaluate_gymnax(apply_fn, None, env_id, episodes, 1.0, seed)

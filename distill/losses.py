@@ -10,18 +10,26 @@ loss, exactly as written in Rusu et al. (2016), section 3:
 
 All are pure, jittable and differentiable in `student_q`. Shapes and tau are checked eagerly (they
 are static under `jax.jit`), so a mistake raises `ValueError` instead of broadcasting silently.
+
+The distillation losses form a registry, `LOSSES`: each `Loss` names its function and its
+hyperparameters with their defaults (the paper's values). Hyperparameters travel as one pytree,
+a dict such as `{"tau": 0.01}`, so `jax.vmap` sweeps any of them; a new loss with a new
+hyperparameter is one `register(Loss(...))` here.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
 Array = jax.Array
+Hyper = Mapping[str, float | Array]  # a loss's hyperparameters, e.g. {"tau": 0.01}
 
 DEFAULT_TAU = 0.01
-LOSSES = ("nll", "mse", "kl")
 
 
 def _check_pair(student_q: Array, teacher_q: Array) -> None:
@@ -72,15 +80,67 @@ def kl(student_q: Array, teacher_q: Array, tau: float | Array = DEFAULT_TAU) -> 
     return jnp.mean(per_sample)
 
 
-def distillation_loss(name: str, student_q: Array, teacher_q: Array, tau: float | Array) -> Array:
-    """Dispatch on the loss name ('nll' | 'mse' | 'kl'); tau is used by 'kl' only."""
-    if name == "nll":
-        return nll(student_q, teacher_q)
-    if name == "mse":
-        return mse(student_q, teacher_q)
-    if name == "kl":
-        return kl(student_q, teacher_q, tau)
-    raise ValueError(f"loss must be one of {LOSSES}; got {name!r}")
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A distillation loss: `fn(student_q, teacher_q, **hyper) -> []` and its hyperparameters."""
+
+    name: str
+    fn: Callable[..., Array]
+    hyper: Mapping[str, float] = dataclasses.field(default_factory=dict)  # name -> default
+    doc: str = ""
+
+
+LOSSES: dict[str, Loss] = {}
+
+
+def register(loss: Loss) -> Loss:
+    """Add a loss to the registry (its name must be new)."""
+    if loss.name in LOSSES:
+        raise ValueError(f"loss {loss.name!r} is already registered")
+    LOSSES[loss.name] = loss
+    return loss
+
+
+register(Loss("nll", nll, {}, "the teacher's best action only"))
+register(Loss("mse", mse, {}, "every Q-value"))
+register(Loss("kl", kl, {"tau": DEFAULT_TAU}, "the teacher's softmax sharpened by tau"))
+
+
+def get(name: str) -> Loss:
+    """The registered loss `name`; an unknown name raises ValueError listing the choices."""
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}; got {name!r}")
+    return LOSSES[name]
+
+
+def hyperparameters(name: str, values: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The hyperparameters of loss `name`: its defaults, with those in `values` taken over.
+
+    Keys of `values` that the loss does not use are ignored (a config may carry tau for every
+    loss), so `hyperparameters("nll", {"tau": 0.5}) == {}`.
+    """
+    loss = get(name)
+    values = values or {}
+    return {k: values.get(k, default) for k, default in loss.hyper.items()}
+
+
+def as_hyper(hyper: Hyper | float | Array) -> Hyper:
+    """A hyperparameter pytree; a bare number or array is tau (the form callers used before)."""
+    return hyper if isinstance(hyper, Mapping) else {"tau": hyper}
+
+
+def distillation_loss(
+    name: str, student_q: Array, teacher_q: Array, hyper: Hyper | float | Array
+) -> Array:
+    """The registered loss `name` with its hyperparameters taken from `hyper`.
+
+    `hyper` is a dict (`{"tau": 0.01}`) or, as before, a bare tau; a loss reads only its own
+    keys, falling back to its defaults.
+    """
+    loss = get(name)
+    hyper = as_hyper(hyper)
+    kwargs = {k: hyper.get(k, default) for k, default in loss.hyper.items()}
+    return loss.fn(student_q, teacher_q, **kwargs)
 
 
 def huber(x: Array, delta: float = 1.0) -> Array:

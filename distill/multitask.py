@@ -26,7 +26,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill import envs, evaluate, losses, networks, replay, sharding, student, teacher, xla
+from distill import (
+    distillation,
+    envs,
+    evaluate,
+    families,
+    losses,
+    networks,
+    replay,
+    sharding,
+    student,
+    teacher,
+    xla,
+)
 from distill.config import ConfigError
 
 HEAD_HIDDEN = 128  # the paper's per-game fc2 of 128 units
@@ -51,7 +63,7 @@ def pad_obs(obs: jax.Array, channels: int) -> jax.Array:
 
 def build(games: Sequence[str], net: str = "teacher") -> networks.MultiTaskQNetwork:
     first = envs.spec(games[0])
-    spec = networks.net_spec(net, first.obs_shape)
+    spec = families.net_spec(first.env_id, net)
     return networks.MultiTaskQNetwork(
         spec, tuple(envs.spec(g).num_actions for g in games), HEAD_HIDDEN
     )
@@ -81,7 +93,7 @@ def make_multitask_distill(
     games: Sequence[str],
     mesh: jax.sharding.Mesh | None = None,
 ):
-    """(network, init(key) -> StudentState, run(state, datas, tau, blocks) -> (state, metrics)).
+    """(network, init(key) -> StudentState, run(state, datas, hyper, blocks) -> (state, metrics)).
 
     `datas` is a tuple of `Dataset.arrays()`, one per game (in `games` order). Update u trains
     on a minibatch of game u mod len(games); after every `eval_every` updates each game's head is
@@ -103,31 +115,36 @@ def make_multitask_distill(
         params = init_params(network, k_net, games)
         return student.StudentState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
-    def game_loss(k: int, params, key, datas, tau):
+    # one distillation gradient per game: its controller head on its padded observations
+    grads = [
+        distillation.make_grad(
+            config.loss, lambda p, o, k=k: network.apply(p, pad_obs(o, channels), k)
+        )
+        for k in range(len(games))
+    ]
+
+    def game_grad(k: int, params, key, datas, hyper):
         from distill import dataset
 
         obs, teacher_q = sharding.constrain_batch(
             dataset.sample(datas[k], key, config.batch_size, 1, 0), mesh
         )
-        student_q = network.apply(params, pad_obs(obs, channels), k)
-        return losses.distillation_loss(config.loss, student_q, teacher_q, tau)
+        (loss, _), g = grads[k](params, obs, teacher_q, hyper)
+        return loss, g
 
-    def update(carry, x, datas, tau):
+    def update(carry, x, datas, hyper):
         params, opt_state = carry
         key, task = x
-        branches = [
-            (lambda p, k_, d, t, k=k: jax.value_and_grad(game_loss, argnums=1)(k, p, k_, d, t))
-            for k in range(len(games))
-        ]
-        loss, grads = jax.lax.switch(task, branches, params, key, datas, tau)
-        step, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, step), opt_state), loss
+        branches = [(lambda p, k_, d, h, k=k: game_grad(k, p, k_, d, h)) for k in range(len(games))]
+        loss, g = jax.lax.switch(task, branches, params, key, datas, hyper)
+        params, opt_state = distillation.apply_gradients(optimizer, params, opt_state, g)
+        return (params, opt_state), loss
 
-    def block(state, datas, tau):
+    def block(state, datas, hyper):
         key, k_upd, k_eval = jax.random.split(state.key, 3)
         tasks = (state.updates + jnp.arange(config.eval_every)) % len(games)
         (params, opt_state), loss = jax.lax.scan(
-            lambda c, x: update(c, x, datas, tau),
+            lambda c, x: update(c, x, datas, hyper),
             (state.params, state.opt_state),
             (jax.random.split(k_upd, config.eval_every), tasks),
         )
@@ -141,8 +158,8 @@ def make_multitask_distill(
         new = student.StudentState(params, opt_state, key, state.updates + config.eval_every)
         return new, MultiMetrics(jnp.mean(loss), scores)
 
-    def run(state, datas, tau, blocks: int):
-        return jax.lax.scan(lambda s, _: block(s, datas, tau), state, None, length=blocks)
+    def run(state, datas, hyper, blocks: int):
+        return jax.lax.scan(lambda s, _: block(s, datas, hyper), state, None, length=blocks)
 
     return network, init, run
 

@@ -81,7 +81,11 @@ PAPER_PERCENT = {"teacher": 100.0, "net1": 25.0, "net2": 7.0, "net3": 4.0}
 
 
 def family_for(obs_shape: Sequence[int]) -> dict[str, NetSpec]:
-    """The table of nets that fits an observation shape: Atari, MinAtar or vector."""
+    """The table of nets that fits a bare observation shape: Atari, MinAtar or vector.
+
+    For shapes outside any env (tests, sketches); an env's table is its family's
+    (`distill.families.of(env_id).nets`), never guessed from its shape.
+    """
     if tuple(obs_shape) == (4, 84, 84):
         return ATARI_NETS
     if len(obs_shape) == 3:
@@ -244,7 +248,16 @@ class MultiTaskQNetwork(nn.Module):
 def build(
     name: str, obs_shape: Sequence[int], num_actions: int, conv_grad: str = "auto"
 ) -> QNetwork:
-    """The Q-network `name` for an environment's observation shape and action count.
+    """The Q-network `name` for a bare observation shape (tests and sketches).
+
+    The package builds networks through `distill.families.build_network(env_id, net)`, which
+    takes the table from the env's family instead of from the shape.
+    """
+    return build_spec(net_spec(name, obs_shape), num_actions, conv_grad)
+
+
+def build_spec(spec: NetSpec, num_actions: int, conv_grad: str = "auto") -> QNetwork:
+    """The Q-network of a `NetSpec` with `num_actions` outputs.
 
     `conv_grad` only changes how convolution gradients are computed (see CONV_GRADS): pass
     'native' for a network whose updates run one per compiled call rather than in a scan.
@@ -252,7 +265,7 @@ def build(
     if num_actions < 1:
         raise ValueError(f"num_actions must be >= 1; got {num_actions}")
     resolve_conv_grad(conv_grad)
-    return QNetwork(net_spec(name, obs_shape), num_actions, conv_grad)
+    return QNetwork(spec, num_actions, conv_grad)
 
 
 def init_params(module: nn.Module, key: jax.Array, obs_shape: Sequence[int], dtype, *args):
@@ -266,29 +279,36 @@ def count_params(params) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
-def param_count(name: str, obs_shape: Sequence[int], num_actions: int) -> int:
-    """Parameters of net `name`, computed from shapes alone (no allocation)."""
-    module = build(name, obs_shape, num_actions)
+def param_count(spec: NetSpec | str, obs_shape: Sequence[int], num_actions: int) -> int:
+    """Parameters of a net (a `NetSpec`, or a name looked up by shape), from shapes alone."""
+    spec = spec if isinstance(spec, NetSpec) else net_spec(spec, obs_shape)
+    module = build_spec(spec, num_actions)
     shapes = jax.eval_shape(
         lambda k: init_params(module, k, obs_shape, jnp.float32), jax.random.PRNGKey(0)
     )
     return count_params(shapes)
 
 
-def param_table(obs_shape: Sequence[int], num_actions: int) -> list[dict]:
-    """Rows of name, layers, parameters and % of the teacher for every net of the family."""
-    family = family_for(obs_shape)
-    teacher = param_count("teacher", obs_shape, num_actions)
+def param_table(
+    obs_shape: Sequence[int], num_actions: int, nets: dict[str, NetSpec] | None = None
+) -> list[dict]:
+    """Rows of name, layers, parameters and % of the teacher for every net of a table.
+
+    `nets` is an env family's table (`distill.families`); without it, the table that fits the
+    observation shape.
+    """
+    family = nets if nets is not None else family_for(obs_shape)
+    teacher = param_count(family["teacher"], obs_shape, num_actions)
     rows = []
     for name, spec in family.items():
-        n = param_count(name, obs_shape, num_actions)
+        n = param_count(spec, obs_shape, num_actions)
         rows.append(
             {
                 "name": name,
                 "layers": spec.describe(),
                 "params": n,
                 "percent_of_teacher": 100.0 * n / teacher,
-                "paper_percent": PAPER_PERCENT[name],
+                "paper_percent": PAPER_PERCENT.get(name, float("nan")),
             }
         )
     return rows

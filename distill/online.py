@@ -74,7 +74,7 @@ def online_distillation(
         eval_episodes=online.eval_episodes,
     )
     distiller = student.make_distill(s_config, env_id, 1)
-    run_student = xla.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, 0, True))
+    run_student = xla.jit(lambda s, d, hyper: distiller.run(s, d, hyper, 1, 0, True))
     teacher_eval = xla.jit(
         evaluate.make_gymnax_evaluator(env_id, trainer.network.apply, online.eval_episodes)
     )
@@ -96,7 +96,7 @@ def online_distillation(
     s_state = distiller.init(k_s)
     window = None
     rows = []
-    tau = jnp.float32(s_config.tau)
+    hyper = jax.tree_util.tree_map(jnp.float32, s_config.hyper)  # the loss's, e.g. tau
     for r in tqdm(range(online.rounds), desc=f"online {env_id}", disable=not progress):
         t_state, _ = run_teacher(t_state, chunk)
         g_state, record = gen_shard(t_state.params, g_state, online.rows_per_round)
@@ -106,7 +106,7 @@ def online_distillation(
             }
         else:
             window = insert(window, record, r % online.window_rounds)
-        s_state, m = run_student(s_state, window, tau)
+        s_state, m = run_student(s_state, window, hyper)
         key, k_e = jax.random.split(key)
         t_score = float(jnp.mean(teacher_eval(t_state.params, k_e, evaluate.EVAL_EPSILON)))
         rows.append(

@@ -1,10 +1,12 @@
 """Students: supervised distillation of a teacher's Q-values with the paper's NLL, MSE or KL loss.
 
 `make_distill(config, env_id)` returns pure pieces in the PureJaxRL manner:
-`init(key) -> StudentState` and `run(state, data, tau, blocks) -> (state, BlockMetrics)`, where
-one block is `eval_every` minibatch updates (one `lax.scan`) followed, on gymnax envs, by an
-evaluation in the env inside the same compiled call. The dataset arrays and tau are arguments,
-not closed-over constants, so `jax.vmap` runs seeds and tau values side by side.
+`init(key) -> StudentState` and `run(state, data, hyper, blocks) -> (state, BlockMetrics)`, where
+one block is `eval_every` minibatch updates (one `lax.scan`, each a `distill.distillation` step)
+followed, on gymnax envs, by an evaluation in the env inside the same compiled call. The dataset
+arrays and the loss's hyperparameters (`config.hyper`, e.g. `{"tau": 0.01}`; a bare tau works
+too) are arguments, not closed-over constants, so `jax.vmap` runs seeds and tau values side by
+side.
 `fit(...)` is the CLI's runner: progress, metrics, checkpoints, resume. With a device mesh that
 has a `data` axis (`distill.sharding`), each minibatch is split across its devices.
 """
@@ -22,7 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill import checkpoint, dataset, envs, evaluate, losses, networks, runs, sharding, xla
+from distill import (
+    checkpoint,
+    dataset,
+    distillation,
+    envs,
+    evaluate,
+    families,
+    losses,
+    networks,
+    runs,
+    sharding,
+    xla,
+)
 from distill.checkpoint import CheckpointError
 from distill.config import ConfigError, in_range, positive_int, require
 
@@ -45,7 +59,7 @@ class StudentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {losses.LOSSES}")
+        require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {tuple(losses.LOSSES)}")
         require(
             isinstance(self.tau, int | float) and self.tau > 0,
             "tau",
@@ -68,6 +82,11 @@ class StudentConfig:
     @property
     def blocks(self) -> int:
         return self.updates // self.eval_every
+
+    @property
+    def hyper(self) -> dict[str, float]:
+        """The loss's hyperparameters (`distill.losses`): `{"tau": tau}` for KL, `{}` else."""
+        return losses.hyperparameters(self.loss, {"tau": self.tau})
 
 
 class StudentState(NamedTuple):
@@ -114,12 +133,12 @@ def make_distill(
     sharding.check_batch(config.batch_size, mesh)
     spec = envs.spec(env_id)
     stack = stack if stack is not None else dataset.stack_of(spec)
-    network = networks.build(config.net, spec.obs_shape, spec.num_actions, conv_grad)
+    network = families.build_network(env_id, config.net, conv_grad)
     optimizer = make_optimizer(config)
     evaluator = (
-        None
-        if spec.is_atari
-        else evaluate.make_gymnax_evaluator(env_id, network.apply, config.eval_episodes)
+        evaluate.make_gymnax_evaluator(env_id, network.apply, config.eval_episodes)
+        if families.of(spec).in_graph
+        else None
     )
 
     def init(key: jax.Array) -> StudentState:
@@ -127,27 +146,20 @@ def make_distill(
         params = networks.init_params(network, k_net, spec.obs_shape, spec.obs_dtype)
         return StudentState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
-    def loss_fn(params, obs, teacher_q, tau):
-        student_q = network.apply(params, obs)
-        loss = losses.distillation_loss(config.loss, student_q, teacher_q, tau)
-        agree = jnp.mean(jnp.argmax(student_q, -1) == jnp.argmax(teacher_q, -1))
-        return loss, agree
+    distil_step = distillation.make_step(config.loss, network.apply, optimizer)
 
-    def update(carry, key, data, tau, first_row):
+    def update(carry, key, data, hyper, first_row):
         params, opt_state = carry
         obs, teacher_q = sharding.constrain_batch(
             dataset.sample(data, key, config.batch_size, stack, first_row), mesh
         )
-        (loss, agree), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, obs, teacher_q, tau
-        )
-        step, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, step), opt_state), (loss, agree)
+        params, opt_state, metrics = distil_step(params, opt_state, obs, teacher_q, hyper)
+        return (params, opt_state), metrics
 
-    def block(state: StudentState, data: dict, tau, first_row: int, evaluate_in_graph: bool):
+    def block(state: StudentState, data: dict, hyper, first_row: int, evaluate_in_graph: bool):
         key, k_upd, k_eval = jax.random.split(state.key, 3)
         (params, opt_state), (loss, agree) = jax.lax.scan(
-            lambda c, k: update(c, k, data, tau, first_row),
+            lambda c, k: update(c, k, data, hyper, first_row),
             (state.params, state.opt_state),
             jax.random.split(k_upd, config.eval_every),
         )
@@ -158,20 +170,20 @@ def make_distill(
         new = StudentState(params, opt_state, key, state.updates + config.eval_every)
         return new, BlockMetrics(jnp.mean(loss), jnp.mean(agree), score)
 
-    def run(state, data, tau, blocks: int, first_row: int = 0, evaluate_in_graph: bool = True):
+    def run(state, data, hyper, blocks: int, first_row: int = 0, evaluate_in_graph: bool = True):
         """`blocks` blocks of `eval_every` updates, each followed by an evaluation."""
         return jax.lax.scan(
-            lambda s, _: block(s, data, tau, first_row, evaluate_in_graph),
+            lambda s, _: block(s, data, hyper, first_row, evaluate_in_graph),
             state,
             None,
             length=blocks,
         )
 
-    def step(state: StudentState, data: dict, tau, first_row: int = 0):
+    def step(state: StudentState, data: dict, hyper, first_row: int = 0):
         """One minibatch update: (state, (loss, agreement))."""
         key, k_upd = jax.random.split(state.key)
         (params, opt_state), metrics = update(
-            (state.params, state.opt_state), k_upd, data, tau, first_row
+            (state.params, state.opt_state), k_upd, data, hyper, first_row
         )
         return StudentState(params, opt_state, key, state.updates + 1), metrics
 

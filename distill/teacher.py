@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill import envs, losses, networks, replay, sharding, xla
+from distill import acting, envs, families, losses, networks, replay, sharding, xla
 from distill.config import ConfigError, in_range, positive_int, require
 
 
@@ -94,43 +94,16 @@ class DQNConfig:
         return self.iterations * self.updates_per_step
 
 
-# Per-family defaults, measured to train well here (see data/teachers/README.md).
+# Per-family defaults, measured to train well here (see data/teachers/README.md); they live
+# with the rest of each family in distill.families.
 PRESETS: dict[str, dict[str, Any]] = {
-    "minatar": dict(updates_per_step=2),
-    "vector": dict(
-        total_steps=60_000,
-        num_envs=8,
-        buffer_size=50_000,
-        batch_size=64,
-        learning_starts=2_000,
-        lr=1e-3,
-        lr_end=1e-4,
-        target_update_every=200,
-        eps_decay_fraction=0.3,
-    ),
-    "atari": dict(
-        net="teacher",
-        total_steps=2_000_000,
-        num_envs=8,
-        buffer_size=100_000,
-        batch_size=32,
-        updates_per_step=2,
-        learning_starts=20_000,
-        lr=1e-4,
-        lr_end=1e-4,
-        target_update_every=2_000,
-        eps_end=0.01,
-        eps_decay_fraction=0.1,
-    ),
+    name: dict(family.preset) for name, family in families.FAMILIES.items()
 }
 
 
 def family(env_id: str) -> str:
-    """'atari', 'minatar' or 'vector': which preset and network family an env uses."""
-    spec = envs.spec(env_id)
-    if spec.is_atari:
-        return "atari"
-    return "minatar" if len(spec.obs_shape) == 3 else "vector"
+    """'atari', 'minatar' or 'vector': the env family (`distill.families`) that owns the id."""
+    return envs.spec(env_id).family
 
 
 def default_config(env_id: str, **overrides: Any) -> DQNConfig:
@@ -139,7 +112,7 @@ def default_config(env_id: str, **overrides: Any) -> DQNConfig:
     unknown = set(overrides) - fields
     if unknown:
         raise ConfigError(f"unknown DQNConfig fields: {sorted(unknown)}")
-    return DQNConfig(env_id=env_id, **{**PRESETS[family(env_id)], **overrides})
+    return DQNConfig(env_id=env_id, **{**families.of(env_id).preset, **overrides})
 
 
 class TrainState(NamedTuple):
@@ -171,13 +144,8 @@ def epsilon_at(config: DQNConfig, env_steps: jax.Array) -> jax.Array:
     return config.eps_start + frac * (config.eps_end - config.eps_start)
 
 
-def epsilon_greedy(key: jax.Array, q: jax.Array, epsilon: jax.Array) -> jax.Array:
-    """Actions `[batch]` from Q-values `[batch, actions]`: random with probability epsilon."""
-    k_explore, k_action = jax.random.split(key)
-    greedy = jnp.argmax(q, axis=-1)
-    random = jax.random.randint(k_action, greedy.shape, 0, q.shape[-1])
-    explore = jax.random.uniform(k_explore, greedy.shape) < epsilon
-    return jnp.where(explore, random, greedy)
+# Kept here for callers that know it as teacher.epsilon_greedy; it lives in distill.acting.
+epsilon_greedy = acting.epsilon_greedy
 
 
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
@@ -229,8 +197,8 @@ def make_update(
 
 
 def replay_storage_dtype(spec: envs.EnvSpec):
-    # MinAtar observations are 0/1 object maps: store them as bool (4x less memory).
-    return jnp.bool_ if spec.env_id in envs.MINATAR_IDS else jnp.dtype(spec.obs_dtype)
+    """The dtype replay keeps observations in: the family's storage dtype."""
+    return families.storage_dtype(spec)
 
 
 class Trainer(NamedTuple):
@@ -250,21 +218,21 @@ def make_train(config: DQNConfig, mesh: jax.sharding.Mesh | None = None) -> Trai
     replay stay whole on every device (place the state with `sharding.replicate`).
     """
     spec = envs.spec(config.env_id)
-    if spec.is_atari:
-        raise ConfigError(f"env_id={config.env_id!r}: Atari teachers train with fit_atari")
+    if not families.of(spec).in_graph:
+        raise ConfigError(
+            f"env_id={config.env_id!r}: its envs step on the host; train it with fit_atari"
+        )
     env = envs.make(config.env_id)
-    network = networks.build(config.net, spec.obs_shape, spec.num_actions)
+    network = families.build_network(config.env_id, config.net)
     apply_fn = network.apply
     optimizer = make_optimizer(config)
     update = make_update(config, apply_fn, optimizer, mesh=mesh)
     rows = config.buffer_size // config.num_envs
     learning_starts_iter = config.learning_starts // config.num_envs
-    vreset = jax.vmap(env.reset)
-    vstep = jax.vmap(env.step)
 
     def init(key: jax.Array) -> TrainState:
         k_net, k_env, key = jax.random.split(key, 3)
-        obs, env_state = vreset(jax.random.split(k_env, config.num_envs))
+        obs, env_state = acting.graph_reset(env, k_env, config.num_envs)
         params = networks.init_params(network, k_net, spec.obs_shape, spec.obs_dtype)
         return TrainState(
             params=params,
@@ -283,9 +251,15 @@ def make_train(config: DQNConfig, mesh: jax.sharding.Mesh | None = None) -> Trai
         key, k_act, k_env, k_upd = jax.random.split(state.key, 4)
         # act: [envs] actions from [envs, actions] Q-values
         eps = epsilon_at(config, state.iteration * config.num_envs)
-        action = epsilon_greedy(k_act, apply_fn(state.params, state.obs), eps)
-        obs, env_state, reward, done, _ = vstep(
-            jax.random.split(k_env, config.num_envs), state.env_state, action
+        step = acting.graph_step(
+            env, apply_fn, state.params, state.obs, state.env_state, k_act, k_env, eps
+        )
+        action, obs, env_state, reward, done = (
+            step.action,
+            step.obs,
+            step.env_state,
+            step.reward,
+            step.done,
         )
         buffer = replay.add(state.replay, state.obs, action, reward, done)
         episode_return = state.episode_return + reward
