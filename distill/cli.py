@@ -11,24 +11,16 @@ import json
 import sys
 from pathlib import Path
 
+from distill import cliconf
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _existing_dir(text: str) -> str:
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"no such folder: {text}")
-    return text
+_positive_int = cliconf.positive_int
+_existing_dir = cliconf.existing_dir
+# older spellings of config fields, kept working (the README and scripts use them)
+TEACHER_ALIASES = {"env_id": ["--env"], "total_steps": ["--steps"], "num_envs": ["--envs"]}
+DATASET_ALIASES = {"num_envs": ["--envs"]}
 
 
 MESH_HELP = (
@@ -74,15 +66,33 @@ def cmd_nets(args) -> int:
     return 0
 
 
-def cmd_teacher(args) -> int:
+def teacher_config(args):
+    """The DQNConfig of `distill teacher`: the env family's preset, then the options given."""
     from distill import teacher
 
+    given = cliconf.overrides(teacher.DQNConfig, args)
+    return teacher.default_config(given.pop("env_id"), **given)
+
+
+def student_config(args):
+    """The StudentConfig of `distill student`: the config's defaults, then the options given."""
+    from distill import student
+
+    return cliconf.config_from_args(student.StudentConfig, args)
+
+
+def dataset_config(args):
+    """The DatasetConfig of `distill dataset`: the config's defaults, then the options given."""
+    from distill import dataset
+
+    return cliconf.config_from_args(dataset.DatasetConfig, args)
+
+
+def cmd_teacher(args) -> int:
+    from distill import envs, teacher
+
+    config = teacher_config(args)
     mesh = _mesh(args, ("data",))
-    overrides = {"seed": args.seed}
-    if args.steps is not None:
-        overrides["total_steps"] = args.steps
-    config = teacher.default_config(args.env, **overrides)
-    from distill import envs
 
     if envs.spec(config.env_id).is_atari:
         policy = teacher.fit_atari(config, args.out, resume=args.resume, mesh=mesh)
@@ -156,9 +166,7 @@ def cmd_export(args) -> int:
 def cmd_dataset(args) -> int:
     from distill import dataset
 
-    config = dataset.DatasetConfig(
-        states=args.states, num_envs=args.envs, epsilon=args.epsilon, seed=args.seed
-    )
+    config = dataset_config(args)
     folder = dataset.generate(args.teacher, config, args.out, resume=args.resume)
     data = dataset.load_dataset(folder)
     print(f"dataset saved in {folder}: {data.env_id}, {data.num_states:,} states")
@@ -168,18 +176,8 @@ def cmd_dataset(args) -> int:
 def cmd_student(args) -> int:
     from distill import dataset, student
 
+    config = student_config(args)
     mesh = _mesh(args, ("data",))
-    config = student.StudentConfig(
-        loss=args.loss,
-        tau=args.tau,
-        net=args.net,
-        updates=args.updates,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        eval_every=args.eval_every,
-        seed=args.seed,
-    )
     data = dataset.load_dataset(args.dataset, env_id=args.env)
     policy = student.fit(config, args.dataset, args.out, resume=args.resume, data=data, mesh=mesh)
     print(
@@ -304,6 +302,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from distill import dataset, evaluate, student, teacher
+
     p = _Parser(
         prog="distill",
         description="Policy distillation workbench (Rusu et al., ICLR 2016).",
@@ -316,12 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_nets)
 
     s = sub.add_parser("teacher", help="train a DQN teacher")
-    s.add_argument("--env", required=True, help="env id, e.g. Breakout-MinAtar, ALE/Pong-v5")
-    s.add_argument("--steps", type=_positive_int, help="env steps (default: the config's)")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     s.add_argument("--mesh", help="data=N: split each gradient minibatch over N devices")
+    cliconf.add_config_options(
+        s,
+        teacher.DQNConfig,
+        aliases=TEACHER_ALIASES,
+        required=["env_id"],
+        presets=teacher.PRESETS,
+        title="DQNConfig (a field not given keeps the preset of the env's family: "
+        f"{', '.join(teacher.PRESETS)})",
+    )
     s.set_defaults(func=cmd_teacher)
 
     s = sub.add_parser(
@@ -335,29 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("dataset", help="let a teacher act and record (state, Q-values)")
     s.add_argument("--teacher", required=True, type=_existing_dir, help="teacher checkpoint")
-    s.add_argument("--states", required=True, type=_positive_int, help="states to record")
-    s.add_argument("--envs", type=_positive_int, default=64, help="parallel envs")
-    s.add_argument("--epsilon", type=float, default=0.05)
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="dataset folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted generation")
+    cliconf.add_config_options(s, dataset.DatasetConfig, aliases=DATASET_ALIASES)
     s.set_defaults(func=cmd_dataset)
 
     s = sub.add_parser("student", help="distil a student from a teacher dataset")
     s.add_argument("--dataset", required=True, type=_existing_dir, help="dataset folder")
-    s.add_argument("--loss", choices=["nll", "mse", "kl"], default="kl")
-    s.add_argument("--tau", type=float, default=0.01, help="KL temperature (paper: 0.01)")
-    s.add_argument("--net", choices=["teacher", "net1", "net2", "net3"], default="teacher")
-    s.add_argument("--updates", type=_positive_int, default=20_000)
-    s.add_argument("--batch-size", type=_positive_int, default=64)
-    s.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop")
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--eval-every", type=_positive_int, default=2_000)
     s.add_argument("--env", help="refuse a dataset made for another env")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="student checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted student")
     s.add_argument("--mesh", help="data=N: split each minibatch over N devices")
+    cliconf.add_config_options(s, student.StudentConfig)
     s.set_defaults(func=cmd_student)
 
     s = sub.add_parser("experiment", help="run one of the paper's experiments")
@@ -393,9 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")
     s.add_argument("path", nargs="?", help="checkpoint folder")
-    s.add_argument("--episodes", type=_positive_int, default=100)
-    s.add_argument("--epsilon", type=float, default=0.05)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--episodes", type=_positive_int, default=100, help="episodes (default 100)")
+    s.add_argument(
+        "--epsilon",
+        type=cliconf.number,
+        default=evaluate.EVAL_EPSILON,
+        help=f"the policy acts epsilon-greedily, as in the paper (default {evaluate.EVAL_EPSILON})",
+    )
+    s.add_argument("--seed", type=cliconf.integer, default=0, help="random seed (default 0)")
     s.add_argument("--env", help="with --random: the env; with PATH: require this env")
     s.add_argument("--random", action="store_true", help="the uniform random policy's scores")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
+
+POSITIVE = "positive"
+# An int field that must be > 0: the command line refuses 0, -5 or "many" while parsing
+# (distill.cliconf), with the same message as `positive_int` below.
+PositiveInt = Annotated[int, POSITIVE]
 
 
 class ConfigError(ValueError):

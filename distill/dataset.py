@@ -30,7 +30,7 @@ import numpy as np
 
 from distill import acting, checkpoint, envs, families, replay, runs, xla
 from distill.checkpoint import CheckpointError
-from distill.config import ConfigError, in_range, positive_int, require
+from distill.config import ConfigError, PositiveInt, in_range, positive_int, require
 from distill.evaluate import EVAL_EPSILON
 
 GENERATOR_STATE = "generator_state.npz"
@@ -40,11 +40,16 @@ GENERATOR_STATE = "generator_state.npz"
 class DatasetConfig:
     """How a teacher dataset is generated."""
 
-    states: int = 100_000  # states recorded (all envs together)
-    num_envs: int = 64  # parallel envs
-    shard_states: int = 32_768  # states per shard file (rounded to whole rows)
-    epsilon: float = EVAL_EPSILON  # the teacher acts epsilon-greedily, as in the paper
+    states: PositiveInt = 100_000
+    """states recorded, all envs together"""
+    num_envs: PositiveInt = 64
+    """parallel envs"""
+    shard_states: PositiveInt = 32_768
+    """states per shard file (rounded to whole rows)"""
+    epsilon: float = EVAL_EPSILON
+    """the teacher acts epsilon-greedily, as in the paper"""
     seed: int = 0
+    """random seed (envs and the teacher's exploration)"""
 
     def __post_init__(self):
         positive_int("states", self.states)

@@ -17,16 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill import dataset, envs, evaluate, student, teacher, xla
-from distill.config import positive_int
+from distill.config import PositiveInt, positive_int
 
 
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig:
-    rounds: int = 40
-    rows_per_round: int = 64  # x 64 envs = 4,096 fresh states a round
-    window_rounds: int = 8  # the student samples from the most recent rounds' data
-    updates_per_round: int = 500
-    eval_episodes: int = 50
+    """How a student follows a training teacher, round by round."""
+
+    rounds: PositiveInt = 40
+    """rounds of teacher training, then recording, then student updates"""
+    rows_per_round: PositiveInt = 64
+    """rows the teacher records a round (x 64 envs = 4,096 fresh states)"""
+    window_rounds: PositiveInt = 8
+    """the student samples from the most recent rounds' data"""
+    updates_per_round: PositiveInt = 500
+    """student minibatch updates a round"""
+    eval_episodes: PositiveInt = 50
+    """episodes per evaluation of the teacher and the student"""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -38,7 +38,7 @@ from distill import (
     xla,
 )
 from distill.checkpoint import CheckpointError
-from distill.config import ConfigError, in_range, positive_int, require
+from distill.config import ConfigError, PositiveInt, in_range, positive_int, require
 
 OPTIMIZERS = ("rmsprop", "adam")
 
@@ -47,16 +47,26 @@ OPTIMIZERS = ("rmsprop", "adam")
 class StudentConfig:
     """Hyperparameters of a distilled student."""
 
-    loss: str = "kl"  # nll | mse | kl
-    tau: float = losses.DEFAULT_TAU  # KL temperature of the teacher (the paper: 0.01)
-    net: str = "teacher"  # teacher | net1 | net2 | net3: same size or compressed
-    updates: int = 20_000  # minibatch updates
-    batch_size: int = 64
-    optimizer: str = "rmsprop"  # the paper's; adam selectable
+    loss: str = "kl"
+    """distillation loss: nll | mse | kl (distill.losses)"""
+    tau: float = losses.DEFAULT_TAU
+    """temperature of the teacher's softmax in the KL loss (the default is the paper's)"""
+    net: str = "teacher"
+    """student network: teacher | net1 | net2 | net3, the teacher's size or compressed"""
+    updates: PositiveInt = 20_000
+    """minibatch updates"""
+    batch_size: PositiveInt = 64
+    """states per minibatch"""
+    optimizer: str = "rmsprop"
+    """rmsprop (the paper's) | adam"""
     lr: float = 1e-3
-    eval_every: int = 2_000  # updates between evaluations in the env
-    eval_episodes: int = 50
+    """learning rate"""
+    eval_every: PositiveInt = 2_000
+    """updates between evaluations in the env (updates must be a multiple)"""
+    eval_episodes: PositiveInt = 50
+    """episodes per evaluation (epsilon 0.05)"""
     seed: int = 0
+    """random seed (network init, minibatches, evaluation)"""
 
     def __post_init__(self):
         require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {tuple(losses.LOSSES)}")

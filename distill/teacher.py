@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from distill import acting, envs, families, losses, networks, replay, sharding, xla
-from distill.config import ConfigError, in_range, positive_int, require
+from distill.config import ConfigError, PositiveInt, in_range, positive_int, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,23 +32,41 @@ class DQNConfig:
     """Hyperparameters of a DQN teacher. Steps count env steps summed over parallel envs."""
 
     env_id: str = "Breakout-MinAtar"
-    net: str = "teacher"  # teacher | net1 | net2 | net3 (networks.py)
-    total_steps: int = 1_000_000  # env steps, all envs together
-    num_envs: int = 128  # parallel envs
-    buffer_size: int = 131_072  # transitions kept in replay
-    batch_size: int = 256  # transitions per gradient update
-    updates_per_step: int = 1  # gradient updates per vector-env step
-    learning_starts: int = 10_000  # env steps of pure collection before updates
-    lr: float = 5e-4  # Adam, decayed linearly to lr_end
+    """env id, e.g. Breakout-MinAtar, CartPole-v1, ALE/Pong-v5"""
+    net: str = "teacher"
+    """Q-network: teacher | net1 | net2 | net3 (`distill nets ENV` shows them)"""
+    total_steps: PositiveInt = 1_000_000
+    """env steps, all envs together"""
+    num_envs: PositiveInt = 128
+    """parallel envs"""
+    buffer_size: PositiveInt = 131_072
+    """transitions kept in replay"""
+    batch_size: PositiveInt = 256
+    """transitions per gradient update"""
+    updates_per_step: PositiveInt = 1
+    """gradient updates per vector-env step"""
+    learning_starts: int = 10_000
+    """env steps of pure collection before the first update"""
+    lr: float = 5e-4
+    """Adam learning rate at the start, decayed linearly to lr_end"""
     lr_end: float = 5e-5
+    """Adam learning rate at the end of the run"""
     gamma: float = 0.99
-    n_step: int = 3
-    target_update_every: int = 250  # gradient updates between hard target copies
+    """discount factor"""
+    n_step: PositiveInt = 3
+    """rewards summed in each return target (n-step returns)"""
+    target_update_every: PositiveInt = 250
+    """gradient updates between hard copies into the target network"""
     eps_start: float = 1.0
+    """exploration epsilon at the start"""
     eps_end: float = 0.01
-    eps_decay_fraction: float = 0.2  # of total_steps
+    """exploration epsilon once decayed"""
+    eps_decay_fraction: float = 0.2
+    """fraction of total_steps over which epsilon decays linearly"""
     max_grad_norm: float = 10.0
+    """gradients are clipped to this global norm"""
     seed: int = 0
+    """random seed (network init, exploration, envs)"""
 
     def __post_init__(self):
         envs.spec(self.env_id)  # unknown ids fail here with close matches

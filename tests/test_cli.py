@@ -1,5 +1,7 @@
 """The `distill` command, called in-process: output, exit statuses, one-line errors."""
 
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from distill import checkpoint, cli, networks, runs, teacher
+from distill import checkpoint, cli, cliconf, dataset, networks, online, runs, student, teacher
 
 
 def test_nets_pong_with_18_actions(capsys):
@@ -137,3 +139,137 @@ def test_export_a_running_teacher(capsys, tmp_path):
     assert cli.main(["export", str(tmp_path / "run"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "already holds a checkpoint" in err
+
+
+# ---------------------------------------------------------------- the configs are the CLI
+
+CONFIGS = {
+    "teacher": teacher.DQNConfig,
+    "student": student.StudentConfig,
+    "dataset": dataset.DatasetConfig,
+}
+
+
+@pytest.mark.parametrize("config", [*CONFIGS.values(), online.OnlineConfig])
+def test_every_config_field_has_a_one_line_doc(config):
+    docs = cliconf.field_docs(config)
+    assert set(docs) == {f.name for f in dataclasses.fields(config)}
+    assert all(doc and "\n" not in doc for doc in docs.values()), docs
+
+
+@pytest.mark.parametrize("command", list(CONFIGS))
+def test_every_config_field_is_in_help_with_its_doc(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    help_ = capsys.readouterr().out
+    squeezed = "".join(help_.split())  # argparse wraps lines, sometimes at hyphens
+    for name, doc in cliconf.field_docs(CONFIGS[command]).items():
+        assert cliconf.flag(name) in help_, name
+        assert "".join(doc.split()) in squeezed, (name, doc)
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_teacher_options_reach_the_config_over_the_family_preset():
+    args = _parse(
+        "teacher", "--env", "CartPole-v1", "--total-steps", "1e4", "--lr", "3e-4",
+        "--net", "net2", "--n-step", "1", "--out", "unused",
+    )  # fmt: skip
+    config = cli.teacher_config(args)
+    assert config == teacher.default_config(
+        "CartPole-v1", total_steps=10_000, lr=3e-4, net="net2", n_step=1
+    )
+    # the fields not given keep CartPole's preset, not DQNConfig's defaults
+    assert config.num_envs == teacher.PRESETS["vector"]["num_envs"] != teacher.DQNConfig.num_envs
+    assert config.lr_end == teacher.PRESETS["vector"]["lr_end"]
+    # nothing given but the env: exactly the preset
+    assert cli.teacher_config(_parse("teacher", "--env", "CartPole-v1", "--out", "x")) == (
+        teacher.default_config("CartPole-v1")
+    )
+
+
+def test_teacher_old_flags_are_aliases():
+    old = _parse("teacher", "--env", "CartPole-v1", "--steps", "5000", "--envs", "4", "--out", "x")
+    new = _parse(
+        "teacher", "--env-id", "CartPole-v1", "--total-steps", "5_000", "--num-envs", "4",
+        "--out", "x",
+    )  # fmt: skip
+    assert cli.teacher_config(old) == cli.teacher_config(new)
+    assert cli.teacher_config(old).total_steps == 5000 and cli.teacher_config(old).num_envs == 4
+
+
+def test_student_and_dataset_options_reach_their_configs(tmp_path):
+    args = _parse(
+        "student", "--dataset", str(tmp_path), "--out", "s", "--loss", "mse",
+        "--net", "net3", "--updates", "1000", "--batch-size", "32", "--optimizer", "adam",
+        "--eval-every", "250", "--eval-episodes", "5", "--seed", "7",
+    )  # fmt: skip
+    assert cli.student_config(args) == student.StudentConfig(
+        loss="mse", net="net3", updates=1000, batch_size=32, optimizer="adam",
+        eval_every=250, eval_episodes=5, seed=7,
+    )  # fmt: skip
+    assert cli.student_config(args).tau == student.StudentConfig.tau  # not restated by the CLI
+    args = _parse(
+        "dataset", "--teacher", str(tmp_path), "--out", "d", "--states", "640", "--envs", "8",
+        "--shard-states", "128", "--epsilon", "0.1",
+    )  # fmt: skip
+    assert cli.dataset_config(args) == dataset.DatasetConfig(
+        states=640, num_envs=8, shard_states=128, epsilon=0.1
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["teacher", "--env", "CartPole-v1", "--gamma", "1.5"], "gamma=1.5"),
+        (["teacher", "--env", "CartPole-v1", "--net", "huge"], "net='huge'"),
+        (["teacher", "--env", "CartPole-v1", "--learning-starts", "-1"], "learning_starts=-1"),
+        (["student", "--dataset", "{tmp}", "--loss", "l1"], "loss='l1'"),
+        (["student", "--dataset", "{tmp}", "--updates", "1000", "--eval-every", "300"], "updates="),
+        (["dataset", "--teacher", "{tmp}", "--epsilon", "2"], "epsilon=2.0"),
+    ],
+)
+def test_a_bad_config_value_is_one_line_naming_the_field(capsys, tmp_path, argv, field):
+    out = tmp_path / "out"
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], captured.err
+    assert lines[0].startswith(f"distill {argv[0]}: error:")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--num-envs", "0", "positive integer"),
+        ("--batch-size", "many", "positive integer"),
+        ("--seed", "1.5", "an integer"),
+        ("--lr", "fast", "a number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_a_usage_error(capsys, tmp_path, option, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["teacher", "--env", "CartPole-v1", option, value, "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and option in err and message in err, err
+
+
+def test_a_config_with_a_prefix_shares_a_command_with_another():
+    """Two configs with fields of the same name (seed, eval_episodes) in one parser."""
+    parser = argparse.ArgumentParser()
+    cliconf.add_config_options(parser, student.StudentConfig, prefix="student.")
+    cliconf.add_config_options(parser, online.OnlineConfig, prefix="online.")
+    args = parser.parse_args(["--student.eval-episodes", "3", "--online.rounds", "2"])
+    base = student.StudentConfig(seed=4)
+    assert cliconf.config_from_args(student.StudentConfig, args, base, prefix="student.") == (
+        dataclasses.replace(base, eval_episodes=3)
+    )
+    assert cliconf.config_from_args(online.OnlineConfig, args, prefix="online.") == (
+        online.OnlineConfig(rounds=2)
+    )
