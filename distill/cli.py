@@ -51,11 +51,11 @@ def _mesh(args, axes: tuple[str, ...] = ("seeds", "data")):
 
 
 def cmd_nets(args) -> int:
-    from distill import envs, networks
+    from distill import envs, families
 
     spec = envs.spec(args.env_id)
     actions = args.actions or spec.num_actions
-    rows = networks.param_table(spec.obs_shape, actions)
+    rows = families.param_table(spec.env_id, actions)
     print(f"{spec.env_id}: observations {spec.obs_shape} {spec.obs_dtype}, {actions} actions")
     print(f"{'name':<8} {'layers':<42} {'parameters':>11} {'% of teacher':>13} {'paper %':>8}")
     for r in rows:
@@ -89,15 +89,12 @@ def dataset_config(args):
 
 
 def cmd_teacher(args) -> int:
-    from distill import envs, teacher
+    from distill import families, teacher
 
     config = teacher_config(args)
     mesh = _mesh(args, ("data",))
-
-    if envs.spec(config.env_id).is_atari:
-        policy = teacher.fit_atari(config, args.out, resume=args.resume, mesh=mesh)
-    else:
-        policy = teacher.fit(config, args.out, resume=args.resume, mesh=mesh)
+    fit = teacher.fit if families.of(config.env_id).in_graph else teacher.fit_atari
+    policy = fit(config, args.out, resume=args.resume, mesh=mesh)
     ev = policy.manifest.get("evaluation", {})
     print(
         f"teacher saved in {args.out}: {policy.env_id}, {policy.manifest['env_steps']:,} env "
@@ -109,7 +106,7 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from distill import checkpoint, evaluate
+    from distill import checkpoint, evaluate, families
     from distill.config import ConfigError
 
     if args.random:
@@ -121,7 +118,7 @@ def cmd_evaluate(args) -> int:
         if not args.path:
             raise ConfigError("give a checkpoint PATH, or --random --env ID")
         policy = checkpoint.load(args.path, env_id=args.env)
-        kw = {"progress": not args.json} if policy.spec.is_atari else {}
+        kw = {} if families.of(policy.spec).in_graph else {"progress": not args.json}
         scores = evaluate.evaluate_policy(
             policy, args.episodes, epsilon=args.epsilon, seed=args.seed, **kw
         )
@@ -142,10 +139,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from distill import checkpoint, evaluate
+    from distill import checkpoint, evaluate, families
 
     policy = checkpoint.load(args.path)
-    kw = {"progress": True} if policy.spec.is_atari else {}
+    kw = {} if families.of(policy.spec).in_graph else {"progress": True}
     scores = evaluate.evaluate_policy(policy, args.episodes, seed=args.seed, **kw)
     randoms = evaluate.evaluate_random(policy.env_id, args.episodes, seed=args.seed)
     exported = checkpoint.export_policy(
