@@ -51,16 +51,18 @@ def _mesh(args, axes: tuple[str, ...] = ("seeds", "data")):
 
 
 def cmd_nets(args) -> int:
-    from distill import envs, families
+    from distill import envs, families, networks
 
     spec = envs.spec(args.env_id)
     actions = args.actions or spec.num_actions
     rows = families.param_table(spec.env_id, actions)
+    if not args.all:
+        rows = [r for r in rows if r["name"] in networks.NET_NAMES]
     print(f"{spec.env_id}: observations {spec.obs_shape} {spec.obs_dtype}, {actions} actions")
-    print(f"{'name':<8} {'layers':<42} {'parameters':>11} {'% of teacher':>13} {'paper %':>8}")
+    print(f"{'name':<14} {'layers':<50} {'parameters':>11} {'% of teacher':>13} {'paper %':>8}")
     for r in rows:
         print(
-            f"{r['name']:<8} {r['layers']:<42} {r['params']:>11,d} "
+            f"{r['name']:<14} {r['layers']:<50} {r['params']:>11,d} "
             f"{r['percent_of_teacher']:>12.1f}% {r['paper_percent']:>7.0f}%"
         )
     return 0
@@ -310,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("nets", help="the paper's networks and their parameter counts")
     s.add_argument("env_id", help="e.g. ALE/Pong-v5 or Breakout-MinAtar")
     s.add_argument("--actions", type=_positive_int, help="override the number of actions")
+    s.add_argument(
+        "--all",
+        action="store_true",
+        help="every net of the env's family (MinAtar: also the large-* teacher and students)",
+    )
     s.set_defaults(func=cmd_nets)
 
     s = sub.add_parser("teacher", help="train a DQN teacher")

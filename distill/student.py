@@ -76,7 +76,8 @@ class StudentConfig:
             self.tau,
             "must be > 0 (the paper uses 0.01)",
         )
-        require(self.net in networks.NET_NAMES, "net", self.net, f"one of {networks.NET_NAMES}")
+        names = networks.all_net_names()
+        require(self.net in names, "net", self.net, f"one of {names}")
         for name in ("updates", "batch_size", "eval_every", "eval_episodes"):
             positive_int(name, getattr(self, name))
         require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")

@@ -70,7 +70,8 @@ class DQNConfig:
 
     def __post_init__(self):
         envs.spec(self.env_id)  # unknown ids fail here with close matches
-        require(self.net in networks.NET_NAMES, "net", self.net, f"one of {networks.NET_NAMES}")
+        nets = tuple(families.of(self.env_id).nets)
+        require(self.net in nets, "net", self.net, f"one of {nets}")
         for name in ("total_steps", "num_envs", "buffer_size", "batch_size", "updates_per_step"):
             positive_int(name, getattr(self, name))
         positive_int("n_step", self.n_step)

@@ -95,3 +95,17 @@ def test_graph_step_matches_the_loop_it_replaced():
     np.testing.assert_array_equal(step.reward, want[2])
     np.testing.assert_array_equal(step.done, want[3])
     assert step.q.shape == (5, 3) and step.action.shape == (5,)
+
+
+def test_large_minatar_nets_follow_the_papers_ratios():
+    """The over-parameterised MinAtar teacher and its students: 25, 7 and 4 % as in the paper."""
+    rows = {r["name"]: r for r in families.param_table("Breakout-MinAtar")}
+    assert rows["large-teacher"]["params"] > 4 * rows["teacher"]["params"]
+    for name, percent in (("large-net1", 25.0), ("large-net2", 7.0), ("large-net3", 4.0)):
+        assert abs(rows[name]["percent_of_teacher"] - percent) < 0.5, rows[name]
+        assert rows[name]["paper_percent"] == percent
+    # students are built like the paper's: as many layers as the teacher, fewer filters and units
+    assert all(len(networks.MINATAR_LARGE_NETS[n].convs) == 3 for n in networks.MINATAR_LARGE_NETS)
+    assert teacher.default_config("Breakout-MinAtar", net="large-teacher").net == "large-teacher"
+    with pytest.raises(ValueError, match="net="):
+        teacher.default_config("ALE/Pong-v5", net="large-teacher")
