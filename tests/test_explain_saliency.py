@@ -1,4 +1,4 @@
-"""Saliency (`distill.explain.saliency`) against hand-computed references, and map similarity."""
+"""Saliency (`distill.explain.saliency_maps`) against hand-computed references; map similarity."""
 
 from __future__ import annotations
 

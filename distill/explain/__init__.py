@@ -3,7 +3,7 @@ student a person can read.
 
 One module per concern, each importable alone (none imports this package's `__init__`):
 
-- `saliency`: gradient and perturbation saliency maps (Greydanus et al. 2018: MinAtar object
+- `saliency_maps`: gradient and perturbation saliency maps (Greydanus et al. 2018: MinAtar object
   removal, Atari Gaussian blur) and how alike two maps are (Spearman, Pearson, top-k overlap);
 - `agreement`: the teacher's Q-gap, kinds of state, the confusion matrix and `agreement_report`;
 - `linear`: the linear student over MinAtar's object channels (`fit_linear`) and its numbers;
@@ -14,9 +14,8 @@ Data flow: `collect_states` -> `explain_policies` (saliency + agreement per poli
 `write_explanation`, with `fit_linear` -> `linear_scores` -> `linear_report` joining it.
 
 Every public name is re-exported here, so `from distill import explain; explain.X` works for all
-of them. `explain.saliency` is the function `saliency.saliency` (as before the split), not the
-module: import the module as `distill.explain.saliency` with `from distill.explain.saliency
-import ...`.
+of them (`explain.saliency` is the function, as before the split; its module is
+`saliency_maps`).
 """
 
 from distill.explain.agreement import (
@@ -49,7 +48,7 @@ from distill.explain.report import (
     untrained_policy,
     write_explanation,
 )
-from distill.explain.saliency import (
+from distill.explain.saliency_maps import (
     BLUR_SIGMA,
     MASK_SIGMA,
     SALIENCY_METHODS,

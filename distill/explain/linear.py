@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill import dataset, evaluate, losses, xla
+from distill import dataset, distillation, evaluate, losses, xla
 from distill.config import ConfigError, in_range, positive_int, require
 
 Array = jax.Array
@@ -49,7 +49,7 @@ class LinearConfig:
     seed: int = 0
 
     def __post_init__(self):
-        require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {losses.LOSSES}")
+        require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {tuple(losses.LOSSES)}")
         require(isinstance(self.tau, int | float) and self.tau > 0, "tau", self.tau, "must be > 0")
         positive_int("updates", self.updates)
         positive_int("batch_size", self.batch_size)
@@ -76,25 +76,31 @@ def linear_loss(config: LinearConfig, params: dict, obs: Array, teacher_q: Array
     """The linear student's loss on a minibatch: the distillation loss `config.loss` between its
     Q-values and the teacher's `[batch, actions]`, plus `config.l2` times ||W||^2. A scalar.
 
-    The one place the linear student's loss is computed (the shared distillation step replaces
-    the `losses.distillation_loss` call here).
+    What `make_linear_fit` trains on, through the shared distillation step.
     """
     student_q = linear_q(params, obs)
     loss = losses.distillation_loss(config.loss, student_q, teacher_q, config.tau)
-    return loss + config.l2 * jnp.sum(jnp.square(params["w"]))
+    return loss + l2_penalty(config, params)
+
+
+def l2_penalty(config: LinearConfig, params: dict) -> Array:
+    """`config.l2` times ||W||^2: keeps the weights readable (few large ones)."""
+    return config.l2 * jnp.sum(jnp.square(params["w"]))
 
 
 def make_linear_fit(config: LinearConfig, obs_shape: Sequence[int], num_actions: int):
     """Pure `fit(arrays, key) -> (params, loss [updates])` for a dataset's arrays (stack 1)."""
     optimizer = optax.adam(config.lr)
-    loss_fn = functools.partial(linear_loss, config)
+    step = distillation.make_step(
+        config.loss, linear_q, optimizer, penalty=functools.partial(l2_penalty, config)
+    )
+    hyper = losses.hyperparameters(config.loss, {"tau": config.tau})
 
     def update(carry, key, arrays):
         params, opt_state = carry
         obs, teacher_q = dataset.sample(arrays, key, config.batch_size, 1, 0)
-        loss, grads = jax.value_and_grad(loss_fn)(params, obs, teacher_q)
-        step, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, step), opt_state), loss
+        params, opt_state, (loss, _) = step(params, opt_state, obs, teacher_q, hyper)
+        return (params, opt_state), loss
 
     def fit(arrays: dict, key: Array):
         params = init_linear(obs_shape, num_actions)

@@ -12,11 +12,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import dataset, envs, evaluate, xla
+from distill import acting, dataset, envs, evaluate, families, xla
 from distill.config import ConfigError, positive_int
 from distill.explain.agreement import agreement_report, distinct_states
 from distill.explain.linear import preference_weights
-from distill.explain.saliency import SALIENCY_METHODS, explain_states, map_similarity
+from distill.explain.saliency_maps import SALIENCY_METHODS, explain_states, map_similarity
 
 # ---------------------------------------------------------------------------- states
 
@@ -35,8 +35,8 @@ def collect_states(
     """
     positive_int("num_states", num_states)
     positive_int("spacing", spacing)
-    if policy.spec.is_atari:
-        return _collect_atari(policy, num_states, seed, epsilon, spacing)
+    if not families.of(policy.spec).in_graph:
+        return _collect_host(policy, num_states, seed, epsilon, spacing)
     num_envs = min(16, -(-num_states // 4))  # several kept steps per game reach further in
     kept_rows = -(-num_states // num_envs)
     config = dataset.DatasetConfig(
@@ -49,12 +49,10 @@ def collect_states(
     return obs.reshape(-1, *obs.shape[2:])[:num_states]
 
 
-def _collect_atari(policy, num_states, seed, epsilon, spacing) -> np.ndarray:
-    from distill.teacher import epsilon_greedy
-
+def _collect_host(policy, num_states, seed, epsilon, spacing) -> np.ndarray:
     num_envs = min(8, -(-num_states // 4))
     env = envs.make_atari(policy.env_id, num_envs, training=False)
-    act = xla.jit(lambda p, o, k: epsilon_greedy(k, policy.apply(p, o), epsilon))
+    act = acting.host_actor(policy.apply, epsilon)
     key = jax.random.PRNGKey(seed)
     kept = []
     try:
@@ -62,8 +60,8 @@ def _collect_atari(policy, num_states, seed, epsilon, spacing) -> np.ndarray:
         while len(kept) * num_envs < num_states:
             for _ in range(spacing):
                 key, k = jax.random.split(key)
-                action = np.asarray(act(policy.params, obs, k), dtype=np.int32)
-                obs, *_ = envs.in_env_order(*env.step(action))
+                _, action = act(policy.params, obs, k)
+                obs, *_ = acting.host_step(env, action)
             kept.append(np.array(obs))
     finally:
         env.close()
@@ -86,7 +84,7 @@ def policy_label(policy, taken: Sequence[str] = ()) -> str:
 def check_explainable(env_id: str) -> None:
     """Saliency maps need image observations: MinAtar's object channels or Atari's frames."""
     spec = envs.spec(env_id)
-    if not (spec.is_atari or spec.env_id in envs.MINATAR_IDS):
+    if spec.family not in ("minatar", "atari"):
         raise ConfigError(
             f"{spec.env_id}: observations {spec.obs_shape} are not images; explanations need a "
             "MinAtar or Atari policy"
@@ -100,7 +98,7 @@ def untrained_policy(env_id: str, net: str, seed: int = 0):
     from distill import checkpoint, networks
 
     spec = envs.spec(env_id)
-    module = networks.build(net, spec.obs_shape, spec.num_actions)
+    module = families.build_network(env_id, net)
     init = xla.jit(lambda k: networks.init_params(module, k, spec.obs_shape, spec.obs_dtype))
     params = init(jax.random.PRNGKey(seed))  # one compiled program: faster than op by op
     manifest = {"kind": "untrained", "env_id": spec.env_id, "net": net, "seed": seed}
