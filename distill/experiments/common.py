@@ -17,6 +17,8 @@ import numpy as np
 
 from distill import checkpoint, dataset, envs, evaluate, paths, sharding, teacher
 
+# ---------------------------------------------------------------------------- budgets
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Budget:
@@ -138,7 +140,9 @@ def budget(name: str) -> Budget:
 # ---------------------------------------------------------------------------- ingredients
 
 
-def ensure_teacher(env_id: str, b: Budget, runs_dir: Path, progress: bool = True):
+def ensure_teacher(
+    env_id: str, b: Budget, runs_dir: Path, progress: bool = True
+) -> checkpoint.Policy:
     """The shipped teacher for env_id, or one trained (and cached) at the budget's steps."""
     shipped = paths.shipped_teacher(env_id)
     if (shipped / checkpoint.MANIFEST).exists():
@@ -159,7 +163,9 @@ def ensure_teacher(env_id: str, b: Budget, runs_dir: Path, progress: bool = True
     return teacher.fit(config, str(out), resume=True, progress=progress)
 
 
-def ensure_dataset(policy, b: Budget, runs_dir: Path, progress: bool = True) -> dataset.Dataset:
+def ensure_dataset(
+    policy: checkpoint.Policy, b: Budget, runs_dir: Path, progress: bool = True
+) -> dataset.Dataset:
     """The teacher's dataset at the budget's size, generated once and reused."""
     sha = policy.manifest["files"][checkpoint.PARAMS][:10]
     out = runs_dir / "datasets" / f"{envs.spec(policy.env_id).safe_name}_{sha}_{b.dataset_states}"
@@ -174,7 +180,7 @@ def ensure_dataset(policy, b: Budget, runs_dir: Path, progress: bool = True) -> 
 _MEMO: dict[tuple, object] = {}
 
 
-def reference_scores(policy, b: Budget) -> tuple[float, float]:
+def reference_scores(policy: checkpoint.Policy, b: Budget) -> tuple[float, float]:
     """(teacher, random) mean scores under the evaluation protocol, same episodes and seed."""
     key = ("reference", policy.manifest["files"][checkpoint.PARAMS], b.eval_episodes)
     if key not in _MEMO:
@@ -195,7 +201,9 @@ def prepare_games(games, b: Budget, runs_dir: Path, progress: bool = True) -> No
     sharding.barrier("distill-prepare-games")
 
 
-def game_inputs(env_id: str, b: Budget, runs_dir: Path, progress: bool = True) -> tuple:
+def game_inputs(
+    env_id: str, b: Budget, runs_dir: Path, progress: bool = True
+) -> tuple[checkpoint.Policy, dataset.Dataset, dict]:
     """A game's `(teacher policy, its dataset, reference row)`; the row is
     `{"game", "teacher_score", "random_score"}`, as the results' "teachers" list holds it."""
     policy = ensure_teacher(env_id, b, runs_dir, progress)
