@@ -187,41 +187,22 @@ def cmd_student(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from distill import experiments, report, sharding
+    from distill import experiments, sharding
+    from distill.config import ConfigError
 
-    mesh = _mesh(args)
+    experiment = experiments.EXPERIMENTS[args.name]
+    if args.mesh is not None and not experiment.mesh_axes:
+        raise ConfigError(f"--mesh {args.mesh}: experiment {args.name} runs on one device")
+    mesh = _mesh(args, experiment.mesh_axes)
     b = experiments.budget(args.budget)
     # every process of a multi-host run computes; process 0 alone writes and prints
     writes = sharding.is_main_process()
-    if args.name == "losses":
-        result = experiments.loss_comparison(b, tau=args.tau, mesh=mesh)
-        if not writes:
-            return 0
-        folder = experiments.write_loss_comparison(result, args.out)
-        summary = experiments.summarise(result["rows"], ("game", "loss"))
-        print(report.markdown_table(summary, ["game", "loss", "percent_mean", "normalised_mean"]))
-        print(f"results in {folder}")
-    elif args.name == "multitask":
-        result = experiments.multitask(b, tau=args.tau, mesh=mesh)
-        if not writes:
-            return 0
-        folder = experiments.write_multitask(result, args.out)
-        print(report.markdown_table(experiments.multitask_table(result)))
-        print(f"results in {folder}")
-    elif args.name == "online":
-        result = experiments.online(b)
-        if not writes:
-            return 0
-        folder = experiments.write_online(result, args.out)
-        print(report.markdown_table(experiments.online_table(result)))
-        print(f"results in {folder}")
-    elif args.name == "compression":
-        result = experiments.compression(b, tau=args.tau, mesh=mesh)
-        if not writes:
-            return 0
-        folder = experiments.write_compression(result, args.out)
-        print(report.markdown_table(result["summary"]))
-        print(f"results in {folder}")
+    result = experiment.run(b, tau=args.tau, mesh=mesh)
+    if not writes:
+        return 0
+    folder = experiment.write(result, args.out)
+    print(experiment.console_table(result))
+    print(f"results in {folder}")
     return 0
 
 
@@ -359,15 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     cliconf.add_config_options(s, student.StudentConfig)
     s.set_defaults(func=cmd_student)
 
+    from distill import experiments, reproduce
+
     s = sub.add_parser("experiment", help="run one of the paper's experiments")
     s.add_argument(
         "name",
-        choices=["losses", "compression", "multitask", "online"],
-        help="losses: NLL vs MSE vs KL; compression: KL students at 100/25/7/4 %% size; "
-        "multitask: one student for all games vs a multi-task DQN; online: a student "
-        "following a training teacher",
+        choices=list(experiments.EXPERIMENTS),
+        help="; ".join(
+            f"{e.name}: {e.help}".replace("%", "%%") for e in experiments.EXPERIMENTS.values()
+        ),
     )
-    s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
+    s.add_argument("--budget", choices=list(experiments.BUDGETS), default="quick")
     s.add_argument("--tau", type=float, default=0.01)
     s.add_argument("--out", required=True, help="results folder")
     s.add_argument("--mesh", help=MESH_HELP)
@@ -379,14 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_experiment)
 
     s = sub.add_parser("reproduce", help="run the paper's experiments end to end, with a report")
-    s.add_argument("--suite", choices=["minatar", "atari"], default="minatar")
-    s.add_argument("--budget", choices=["smoke", "quick", "full"], default="quick")
+    s.add_argument("--suite", choices=list(reproduce.SUITES), default="minatar")
+    s.add_argument("--budget", choices=list(experiments.BUDGETS), default="quick")
     s.add_argument("--out", required=True, help="results folder (re-runs skip finished stages)")
     s.add_argument("--mesh", help=MESH_HELP)
     s.add_argument(
         "--stages",
         help="comma-separated stages to run, the others left as they are (default: all): "
-        "teachers, losses, compression, multitask, online",
+        + ", ".join(reproduce.STAGE_ORDER),
     )
     s.set_defaults(func=cmd_reproduce)
 

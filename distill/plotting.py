@@ -135,6 +135,106 @@ def reference_line(ax, value: float, label: str, color: str = "grey"):
     return ax
 
 
+# ---------------------------------------------------------------------------- experiments
+# One figure per experiment of `distill.experiments`, from its result dict.
+
+
+def loss_comparison_figure(result: dict):
+    """Learning curves per loss, one panel per game, teacher and random scores marked."""
+    games = [t["game"] for t in result["teachers"]]
+    fig, axes = plt.subplots(1, len(games), figsize=(4.2 * len(games), 3.3), squeeze=False)
+    for ax, t in zip(axes[0], result["teachers"], strict=True):
+        curves = [c for c in result["curves"] if c["game"] == t["game"]]
+        score_curves(curves, key="loss", ax=ax, title=t["game"])
+        reference_line(ax, t["teacher_score"], "teacher", "black")
+        reference_line(ax, t["random_score"], "random", "grey")
+    fig.tight_layout()
+    return fig
+
+
+def compression_figure(result: dict):
+    """Parameters (% of teacher, log axis) against % of teacher score, with the paper's points."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for game in sorted({r["game"] for r in result["rows"]}):
+        rs = [r for r in result["rows"] if r["game"] == game]
+        nets = sorted(
+            {r["net"] for r in rs},
+            key=lambda n: -np.mean([r["params_percent"] for r in rs if r["net"] == n]),
+        )
+        x = [np.mean([r["params_percent"] for r in rs if r["net"] == n]) for n in nets]
+        y = [np.mean([r["percent_of_teacher"] for r in rs if r["net"] == n]) for n in nets]
+        ax.plot(x, y, "o-", alpha=0.5, lw=1, label=game)
+    s = result["summary"]
+    ax.errorbar(
+        [r["params_percent"] for r in s],
+        [r["geomean_percent_mean"] for r in s],
+        yerr=[r["geomean_percent_std"] for r in s],
+        fmt="s-",
+        color="black",
+        lw=2,
+        capsize=3,
+        label="geometric mean (this run)",
+    )
+    paper = [(r["params_percent"], r["paper_percent"]) for r in s if r["paper_percent"]]
+    if paper:
+        ax.plot(*zip(*paper, strict=True), "r*", ms=12, label="paper (10 Atari games)")
+    ax.axhline(100, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters, % of teacher (log)")
+    ax.set_ylabel("score, % of teacher")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def multitask_figure(result: dict):
+    """% of each single-game teacher, one bar per method: per game (mean over seeds), then the
+    geometric mean across games."""
+    methods = ("multi-dqn", "distilled-nll", "distilled-kl")
+    games = [t["game"] for t in result["teachers"]]
+    geo = {s["method"]: s["geomean_percent_mean"] for s in result["summary"]}
+    labels = [g.replace("-MinAtar", "") for g in games] + ["geometric mean"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(labels))
+    for i, m in enumerate(methods):
+        per_game = [
+            float(
+                np.mean(
+                    [
+                        r["percent_of_teacher"]
+                        for r in result["rows"]
+                        if r["method"] == m and r["game"] == g
+                    ]
+                )
+            )
+            for g in games
+        ]
+        ax.bar(x + (i - 1) * 0.27, [*per_game, geo[m]], width=0.27, label=m)
+    ax.axhline(100, color="grey", ls="--", lw=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("% of single-game teacher")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def online_figure(result: dict):
+    """Teacher and student evaluation scores against the teacher's env steps, round by round."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["env_steps"] for r in result["rows"]]
+    ax.plot(steps, [r["teacher_score"] for r in result["rows"]], "o-", ms=3, label="teacher")
+    ax.plot(steps, [r["student_score"] for r in result["rows"]], "s-", ms=3, label="student")
+    ax.set_xlabel("teacher env steps")
+    ax.set_ylabel("evaluation score")
+    ax.set_title(f"online distillation, {result['env_id']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------------------- explanations
 
 

@@ -15,38 +15,18 @@ from pathlib import Path
 
 from distill import checkpoint, experiments, report, xla
 
-SUITES = {
-    "minatar": {
-        "smoke": experiments.BUDGETS["smoke"],
-        "quick": experiments.BUDGETS["quick"],
-        "full": experiments.BUDGETS["full"],
-    },
-    # Atari budgets: smoke runs on a CPU in the tests; quick takes about two hours on a 2-core
-    # CPU (a teacher-size student 10-20 minutes there); full is sized for a GPU.
-    "atari": {
-        "smoke": experiments.Budget(
-            "smoke", ("ALE/Pong-v5",), 2_000, 512, 40, 20, 1, 1, None, 0, 0
-        ),
-        "quick": experiments.Budget(
-            "quick", ("ALE/Pong-v5",), 2_000_000, 100_000, 10_000, 5_000, 2, 10, None, 0, 0
-        ),
-        "full": experiments.Budget(
-            "full", ("ALE/Pong-v5",), 2_000_000, 500_000, 100_000, 10_000, 3, 30, None, 0, 0
-        ),
-    },
-}
+SUITES = experiments.SUITES  # suite -> budget name -> Budget
+
+# Atari students are slow on a CPU: the compression sweep (KL students of every size, the paper's
+# main table) comes first there, so that a run cut short has it
+FIRST = {"atari": ("compression",)}
 
 
 def stages_for(suite: str, b: experiments.Budget) -> list[str]:
-    # Atari students are slow on a CPU: the compression sweep (KL students of every size, the
-    # paper's main table) comes first, so that a run cut short has it
-    first = ["compression", "losses"] if suite == "atari" else ["losses", "compression"]
-    stages = ["teachers", *first]
-    if len(b.games) > 1:
-        stages.append("multitask")
-    if suite == "minatar" and b.online_rounds:
-        stages.append("online")
-    return stages
+    """The teachers, then every registered experiment that the suite and budget run."""
+    names = [e.name for e in experiments.EXPERIMENTS.values() if suite in e.suites and e.applies(b)]
+    first = [n for n in FIRST.get(suite, ()) if n in names]
+    return ["teachers", *first, *(n for n in names if n not in first)]
 
 
 def _machine() -> dict:
@@ -64,41 +44,35 @@ def _machine() -> dict:
     }
 
 
+def _teachers(b: experiments.Budget, runs_dir: Path, progress: bool) -> dict:
+    """The first stage: every game's teacher (shipped or trained) and its reference scores."""
+    rows = []
+    for env_id in b.games:
+        policy = experiments.ensure_teacher(env_id, b, runs_dir, progress)
+        t, r = experiments.reference_scores(policy, b)
+        rows.append(
+            {
+                "game": env_id,
+                "teacher": policy.path,
+                "env_steps": policy.manifest.get("env_steps"),
+                "teacher_score": t,
+                "random_score": r,
+            }
+        )
+    return {"rows": rows}
+
+
 def _run_stage(
     stage: str, b: experiments.Budget, runs_dir: Path, progress: bool, mesh=None
 ) -> dict:
     if stage == "teachers":
-        rows = []
-        for env_id in b.games:
-            policy = experiments.ensure_teacher(env_id, b, runs_dir, progress)
-            t, r = experiments.reference_scores(policy, b)
-            rows.append(
-                {
-                    "game": env_id,
-                    "teacher": policy.path,
-                    "env_steps": policy.manifest.get("env_steps"),
-                    "teacher_score": t,
-                    "random_score": r,
-                }
-            )
-        return {"rows": rows}
-    if stage == "losses":
-        result = experiments.loss_comparison(b, runs_dir=runs_dir, progress=progress, mesh=mesh)
-        experiments.write_loss_comparison(result, runs_dir / "losses")
-        return result
-    if stage == "compression":
-        result = experiments.compression(b, runs_dir=runs_dir, progress=progress, mesh=mesh)
-        experiments.write_compression(result, runs_dir / "compression")
-        return result
-    if stage == "multitask":
-        result = experiments.multitask(b, runs_dir=runs_dir, progress=progress, mesh=mesh)
-        experiments.write_multitask(result, runs_dir / "multitask")
-        return result
-    if stage == "online":
-        result = experiments.online(b, progress=progress)
-        experiments.write_online(result, runs_dir / "online")
-        return result
-    raise ValueError(f"unknown stage {stage!r}")
+        return _teachers(b, runs_dir, progress)
+    if stage not in experiments.EXPERIMENTS:
+        raise ValueError(f"unknown stage {stage!r}")
+    experiment = experiments.EXPERIMENTS[stage]
+    result = experiment.run(b, runs_dir=runs_dir, progress=progress, mesh=mesh)
+    experiment.write(result, runs_dir / stage)
+    return result
 
 
 def reproduce(
@@ -185,7 +159,8 @@ def _options_note(options: dict | None) -> str:
     return f", XLA options {options}" if options else ""
 
 
-STAGE_ORDER = ("teachers", "losses", "compression", "multitask", "online")  # without "stages"
+# the order of results.json files that do not record their stages
+STAGE_ORDER = ("teachers", *experiments.EXPERIMENTS)
 
 
 def render_report(meta: dict, results: dict) -> str:
@@ -230,64 +205,7 @@ def render_report(meta: dict, results: dict) -> str:
             report.markdown_table(results["teachers"]["rows"], columns),
             "",
         ]
-    if "losses" in results:
-        summary = experiments.summarise(results["losses"]["rows"], ("game", "loss"))
-        lines += [
-            "## Loss comparison (same-size students)",
-            "",
-            "Paper: KL >= NLL > MSE, and a same-size KL student can beat its teacher "
-            "(independent Pong reimplementation: KL 11.9, NLL 10.9, MSE 8.4).",
-            "",
-            report.markdown_table(summary, experiments.summary_columns(("game", "loss"))),
-            "",
-            "![loss comparison](losses/loss_comparison.png)",
-            "",
-        ]
-    if "compression" in results:
-        rows = results["compression"]["rows"]
-        lines += [
-            "## Compression (KL students), geometric mean across games",
-            "",
-            "Paper (10 Atari games): net1 108.3 %, net2 101.7 %, net3 83.9 % of the teacher.",
-            "",
-            report.markdown_table(experiments.compression_summary(rows)[1]),
-            "",
-            "Per game, mean and std over seeds:",
-            "",
-            report.markdown_table(
-                experiments.summarise(rows, ("game", "net")),
-                experiments.summary_columns(("game", "net")),
-            ),
-            "",
-            "![compression](compression/compression.png)",
-            "",
-        ]
-    if "multitask" in results:
-        r = results["multitask"]
-        lines += [
-            "## Multi-task distillation",
-            "",
-            f"One network for {len(r['teachers'])} games: a shared trunk, one controller head "
-            f"per game; observations zero-padded to {r['channels_padded_to']} channels. The "
-            f"multi-task DQN trained for {r['multitask_dqn_steps']:,} env steps over all games.",
-            "",
-            report.markdown_table(experiments.multitask_table(r)),
-            "",
-            "![multitask](multitask/multitask.png)",
-            "",
-        ]
-    if "online" in results:
-        r = results["online"]
-        lines += [
-            f"## Online distillation ({r['env_id']})",
-            "",
-            "Paper: the online student matches the teacher and is markedly more stable (no "
-            "numbers given). Spread = std of the evaluation scores over the second half of "
-            "training; worst drop = largest fall between successive evaluations.",
-            "",
-            report.markdown_table(experiments.online_table(r)),
-            "",
-            "![online](online/online.png)",
-            "",
-        ]
+    for name, experiment in experiments.EXPERIMENTS.items():
+        if name in results:
+            lines += experiment.report_section(results[name])
     return "\n".join(lines)

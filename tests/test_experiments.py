@@ -4,6 +4,7 @@ CartPole with the shared teacher. Its dataset and students have the shapes of co
 and test_student.py's runs, so the compiled programs are shared within a session.
 """
 
+import argparse
 import dataclasses
 import json
 import math
@@ -17,7 +18,7 @@ from conftest import DATASET_CONFIG, ENV
 from sharding_checks import MULTI_GAMES
 from sharding_checks import TEACHER as TINY_DQN
 
-from distill import checkpoint, experiments, report, teacher, xla
+from distill import checkpoint, cli, experiments, plotting, report, teacher, xla
 from distill import multitask as mt
 
 matplotlib.use("Agg")
@@ -134,6 +135,86 @@ def test_budgets():
     assert smoke.updates < quick.updates < full.updates
 
 
+def test_budget_is_built_by_keyword():
+    with pytest.raises(TypeError):
+        experiments.Budget("t", (ENV,), 1, 2, 3, 4, 5, 6, None, 7, 8)
+    assert dataclasses.replace(TINY, seeds=3).seeds == 3
+    for suite in experiments.SUITES.values():
+        assert list(suite) == ["smoke", "quick", "full"]
+        assert all(b.name == name for name, b in suite.items())
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_every_experiment_is_registered_and_on_the_command_line():
+    assert list(experiments.EXPERIMENTS) == ["losses", "compression", "multitask", "online"]
+    for name, e in experiments.EXPERIMENTS.items():
+        assert e.name == name and e.help and callable(e.run) and callable(e.write)
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    (name_arg,) = [a for a in sub.choices["experiment"]._actions if a.dest == "name"]
+    assert name_arg.choices == list(experiments.EXPERIMENTS)
+    assert "compression: KL students at 100/25/7/4 %% size" in name_arg.help
+
+
+def test_a_new_experiment_is_one_module(tmp_path, monkeypatch):
+    """`discover` finds every module that defines EXPERIMENT, in order, and nothing else."""
+    package = tmp_path / "throwaway_experiments"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("VALUE = 1\n")
+    entry = (
+        "from distill.experiments.registry import Experiment\n"
+        "EXPERIMENT = Experiment(name={name!r}, help='h', run=dict, write=print, "
+        "console_table=str, report_section=list, order={order})\n"
+    )
+    (package / "second.py").write_text(entry.format(name="second", order=2))
+    (package / "first.py").write_text(entry.format(name="first", order=1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import throwaway_experiments
+
+    found = experiments.registry.discover(throwaway_experiments)
+    assert list(found) == ["first", "second"]
+    assert found["first"].suites == ("minatar", "atari") and found["first"].applies(TINY)
+    (package / "again.py").write_text(entry.format(name="first", order=3))
+    with pytest.raises(ValueError, match="share a name"):
+        experiments.registry.discover(throwaway_experiments)
+
+
+def test_online_refuses_a_mesh(capsys):
+    argv = ["experiment", "online", "--budget", "smoke", "--mesh", "seeds=1", "--out", "x"]
+    assert cli.main(argv) == 2
+    assert "experiment online runs on one device" in capsys.readouterr().err
+
+
+def test_multitask_figure_shows_the_table():
+    """One bar per method for each game and for the geometric mean, as multitask_table says."""
+    import matplotlib.pyplot as plt
+
+    games = ("Breakout-MinAtar", "Asterix-MinAtar")
+    methods = ("multi-dqn", "distilled-nll", "distilled-kl")
+    rows = [
+        {"method": m, "game": g, "seed": s, "percent_of_teacher": 10.0 * (i + 1) + j + s}
+        for i, m in enumerate(methods)
+        for j, g in enumerate(games)
+        for s in (0, 1)
+    ]
+    result = {
+        "rows": rows,
+        "teachers": [{"game": g} for g in games],
+        "summary": experiments.multitask_distillation.multitask_summary(rows),
+    }
+    table = experiments.multitask_table(result)[:-1]  # without the paper's row
+    fig = plotting.multitask_figure(result)
+    (ax,) = fig.axes
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [r[m] for m in methods for r in table]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Breakout", "Asterix", "geometric mean"]
+    assert experiments.multitask_figure is plotting.multitask_figure  # the old name still works
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------- ingredients
 
 
@@ -145,7 +226,7 @@ def test_ensure_teacher_prefers_the_shipped_one(tmp_path, monkeypatch, trained_c
     def no_training(*args, **kwargs):
         raise AssertionError("a shipped teacher must not be retrained")
 
-    monkeypatch.setattr(experiments.teacher, "fit", no_training)
+    monkeypatch.setattr(teacher, "fit", no_training)
     policy = experiments.ensure_teacher(ENV, TINY, tmp_path / "runs", progress=False)
     assert policy.path == str(shipped) and policy.kind == "teacher"
     assert not (tmp_path / "runs").exists()
@@ -159,7 +240,7 @@ def comparison(tmp_path_factory, trained_cartpole):
     """loss_comparison at the TINY budget with the shared teacher: (result, runs_dir)."""
     runs_dir = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(experiments, "ensure_teacher", lambda *a, **k: trained_cartpole[1])
+        m.setattr(experiments.common, "ensure_teacher", lambda *a, **k: trained_cartpole[1])
         result = experiments.loss_comparison(TINY, runs_dir=runs_dir, progress=False)
     return result, runs_dir
 

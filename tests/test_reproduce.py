@@ -59,7 +59,7 @@ def test_interrupted_run_keeps_its_students_and_a_partial_report(
     shutil.copytree(minatar_smoke, out)
     for stage in ("losses", "compression", "online"):
         (out / stage / "stage.json").unlink()
-    monkeypatch.setattr(experiments, "_MEMO", {})  # a fresh process
+    monkeypatch.setattr(experiments.common, "_MEMO", {})  # a fresh process
 
     def stopped(stage, *args):
         raise KeyboardInterrupt(stage)
@@ -71,9 +71,11 @@ def test_interrupted_run_keeps_its_students_and_a_partial_report(
     assert "## Teachers" in report and "## Loss comparison" not in report
     assert "Unfinished, not run yet: losses, compression, online" in report
     monkeypatch.undo()
-    monkeypatch.setattr(experiments, "_MEMO", {})
+    monkeypatch.setattr(experiments.common, "_MEMO", {})
     monkeypatch.setattr(
-        experiments, "_distil_in_graph_seeds", lambda *a: pytest.fail("a student trained again")
+        experiments.seeds,
+        "_distil_in_graph_seeds",
+        lambda *a: pytest.fail("a student trained again"),
     )
     # online distillation trains no cached students: give it back its finished stage
     shutil.copy(minatar_smoke / "online" / "stage.json", out / "online" / "stage.json")
@@ -116,6 +118,30 @@ def test_atari_suite_smoke(tmp_path):
     rows = results["results"]["compression"]["rows"]
     assert {r["net"] for r in rows} == {"teacher", "net1", "net2", "net3"}
     assert all(r["game"] == "ALE/Pong-v5" for r in rows)
+
+
+def test_stages_come_from_the_registry():
+    """The teachers first, then the registered experiments a suite and budget run: Atari puts
+    the compression sweep first; one game has no multi-task stage; online is MinAtar's."""
+    minatar, atari = reproduce.SUITES["minatar"], reproduce.SUITES["atari"]
+    assert reproduce.stages_for("minatar", minatar["smoke"]) == [
+        "teachers",
+        "losses",
+        "compression",
+        "online",
+    ]
+    for name in ("quick", "full"):
+        assert reproduce.stages_for("minatar", minatar[name]) == [
+            "teachers",
+            "losses",
+            "compression",
+            "multitask",
+            "online",
+        ]
+    for name in ("smoke", "quick", "full"):
+        assert reproduce.stages_for("atari", atari[name]) == ["teachers", "compression", "losses"]
+    assert reproduce.STAGE_ORDER[0] == "teachers"
+    assert list(reproduce.STAGE_ORDER[1:]) == list(experiments.EXPERIMENTS)
 
 
 def test_bad_suite_or_budget_is_refused(tmp_path):

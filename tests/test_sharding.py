@@ -139,6 +139,7 @@ def test_cli_mesh_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, messa
 
 def test_cli_passes_the_mesh_on(monkeypatch, tmp_path, capsys):
     """--mesh reaches the training functions (a one-device mesh here; 4 devices below)."""
+    import dataclasses
     from types import SimpleNamespace
 
     from distill import dataset, experiments, reproduce, student, teacher
@@ -159,8 +160,12 @@ def test_cli_passes_the_mesh_on(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(teacher, "fit_atari", record("atari", policy))
     monkeypatch.setattr(student, "fit", record("student", policy))
     monkeypatch.setattr(dataset, "load_dataset", lambda *a, **k: None)
-    monkeypatch.setattr(experiments, "loss_comparison", record("losses", {"rows": []}))
-    monkeypatch.setattr(experiments, "write_loss_comparison", lambda result, out: out)
+    losses = dataclasses.replace(
+        experiments.EXPERIMENTS["losses"],
+        run=record("losses", {"rows": []}),
+        write=lambda result, out: out,
+    )
+    monkeypatch.setitem(experiments.EXPERIMENTS, "losses", losses)
     monkeypatch.setattr(reproduce, "reproduce", record("reproduce", tmp_path))
     out = str(tmp_path / "out")
     commands = {

@@ -150,13 +150,13 @@ def test_distil_seeds_cache_reads_back_the_same_students(tmp_path, monkeypatch, 
     """Students stored in a cache folder come back equal, without training; a folder of
     another config is refused, naming its manifest."""
     _, trained, trained_metrics = seeds_run("kl")
-    monkeypatch.setattr(experiments, "_MEMO", {})
+    monkeypatch.setattr(experiments.common, "_MEMO", {})
     experiments.distil_seeds(config_for("kl"), data, 2, cache=tmp_path)
     (folder,) = tmp_path.iterdir()
     assert folder.name == experiments.student_folder_name(config_for("kl"), data, 2)
-    monkeypatch.setattr(experiments, "_MEMO", {})
+    monkeypatch.setattr(experiments.common, "_MEMO", {})
     monkeypatch.setattr(
-        experiments, "_distil_in_graph_seeds", lambda *a: pytest.fail("trained again")
+        experiments.seeds, "_distil_in_graph_seeds", lambda *a: pytest.fail("trained again")
     )
     _, state, metrics = experiments.distil_seeds(config_for("kl"), data, 2, cache=tmp_path)
     for got, want in zip(leaves(state), leaves(trained), strict=True):
@@ -166,7 +166,7 @@ def test_distil_seeds_cache_reads_back_the_same_students(tmp_path, monkeypatch, 
     # a folder whose manifest holds another config (renamed by hand, say) is refused
     other = tmp_path / experiments.student_folder_name(config_for("kl", lr=5e-4), data, 2)
     folder.rename(other)
-    monkeypatch.setattr(experiments, "_MEMO", {})
+    monkeypatch.setattr(experiments.common, "_MEMO", {})
     with pytest.raises(checkpoint.CheckpointError, match=f"{other.name}.*another config"):
         experiments.distil_seeds(config_for("kl", lr=5e-4), data, 2, cache=tmp_path)
 

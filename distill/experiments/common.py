@@ -1,0 +1,271 @@
+"""What every experiment shares: budgets, its ingredients (teachers, datasets, reference scores)
+and the scores and summaries it reports.
+
+Each experiment takes a `Budget` (how many states, updates, seeds, episodes) so the same code runs
+as a smoke test, a quick look or a full reproduction. Across hosts (`jax.distributed`) each
+process makes its share of the teachers and datasets first (`prepare_games`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from distill import checkpoint, dataset, envs, evaluate, paths, sharding, teacher
+
+# ---------------------------------------------------------------------------- budgets
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Budget:
+    """How much compute an experiment spends. Built by keyword: eleven numbers in a row are
+    easy to misplace."""
+
+    name: str
+    games: tuple[str, ...]
+    teacher_steps: int  # for teachers that have to be trained (none shipped)
+    dataset_states: int
+    updates: int
+    eval_every: int
+    seeds: int
+    eval_episodes: int
+    multitask_dqn_steps: int | None  # None: as many as the single-game teachers used together
+    online_teacher_steps: int
+    online_rounds: int
+
+
+MINATAR_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar")
+
+BUDGETS = {
+    "smoke": Budget(
+        name="smoke",
+        games=("Breakout-MinAtar",),
+        teacher_steps=50_000,
+        dataset_states=4_096,
+        updates=200,
+        eval_every=100,
+        seeds=2,
+        eval_episodes=8,
+        multitask_dqn_steps=20_000,
+        online_teacher_steps=20_000,
+        online_rounds=3,
+    ),
+    "quick": Budget(
+        name="quick",
+        games=MINATAR_GAMES,
+        teacher_steps=1_000_000,
+        dataset_states=32_768,
+        updates=1_000,
+        eval_every=500,
+        seeds=2,
+        eval_episodes=24,
+        multitask_dqn_steps=200_000,
+        online_teacher_steps=150_000,
+        online_rounds=8,
+    ),
+    "full": Budget(
+        name="full",
+        games=MINATAR_GAMES,
+        teacher_steps=1_000_000,
+        dataset_states=262_144,
+        updates=10_000,
+        eval_every=2_000,
+        seeds=3,
+        eval_episodes=50,
+        multitask_dqn_steps=None,
+        online_teacher_steps=1_000_000,
+        online_rounds=40,
+    ),
+}
+
+# Atari budgets: smoke runs on a CPU in the tests; quick takes about two hours on a 2-core CPU (a
+# teacher-size student 10-20 minutes there); full is sized for a GPU.
+ATARI_BUDGETS = {
+    "smoke": Budget(
+        name="smoke",
+        games=("ALE/Pong-v5",),
+        teacher_steps=2_000,
+        dataset_states=512,
+        updates=40,
+        eval_every=20,
+        seeds=1,
+        eval_episodes=1,
+        multitask_dqn_steps=None,
+        online_teacher_steps=0,
+        online_rounds=0,
+    ),
+    "quick": Budget(
+        name="quick",
+        games=("ALE/Pong-v5",),
+        teacher_steps=2_000_000,
+        dataset_states=100_000,
+        updates=10_000,
+        eval_every=5_000,
+        seeds=2,
+        eval_episodes=10,
+        multitask_dqn_steps=None,
+        online_teacher_steps=0,
+        online_rounds=0,
+    ),
+    "full": Budget(
+        name="full",
+        games=("ALE/Pong-v5",),
+        teacher_steps=2_000_000,
+        dataset_states=500_000,
+        updates=100_000,
+        eval_every=10_000,
+        seeds=3,
+        eval_episodes=30,
+        multitask_dqn_steps=None,
+        online_teacher_steps=0,
+        online_rounds=0,
+    ),
+}
+
+# `distill reproduce --suite S --budget B` runs SUITES[S][B]
+SUITES = {"minatar": BUDGETS, "atari": ATARI_BUDGETS}
+
+
+def budget(name: str) -> Budget:
+    """The MinAtar budget `name` (smoke, quick or full)."""
+    if name not in BUDGETS:
+        raise ValueError(f"budget={name!r}: choose one of {list(BUDGETS)}")
+    return BUDGETS[name]
+
+
+# ---------------------------------------------------------------------------- ingredients
+
+
+def ensure_teacher(
+    env_id: str, b: Budget, runs_dir: Path, progress: bool = True
+) -> checkpoint.Policy:
+    """The shipped teacher for env_id, or one trained (and cached) at the budget's steps."""
+    shipped = paths.shipped_teacher(env_id)
+    if (shipped / checkpoint.MANIFEST).exists():
+        return checkpoint.load(shipped, env_id=env_id)
+    out = runs_dir / "teachers" / f"{envs.spec(env_id).safe_name}_{b.teacher_steps}"
+    if envs.spec(env_id).is_atari:
+        preset = teacher.default_config(env_id)
+        config = teacher.default_config(
+            env_id,
+            total_steps=b.teacher_steps,
+            buffer_size=min(preset.buffer_size, max(b.teacher_steps, 1_000)),
+            learning_starts=min(preset.learning_starts, b.teacher_steps // 2),
+        )
+        return teacher.fit_atari(
+            config, str(out), resume=True, progress=progress, eval_episodes=b.eval_episodes
+        )
+    config = teacher.default_config(env_id, total_steps=b.teacher_steps)
+    return teacher.fit(config, str(out), resume=True, progress=progress)
+
+
+def ensure_dataset(
+    policy: checkpoint.Policy, b: Budget, runs_dir: Path, progress: bool = True
+) -> dataset.Dataset:
+    """The teacher's dataset at the budget's size, generated once and reused."""
+    sha = policy.manifest["files"][checkpoint.PARAMS][:10]
+    out = runs_dir / "datasets" / f"{envs.spec(policy.env_id).safe_name}_{sha}_{b.dataset_states}"
+    config = dataset.DatasetConfig(states=b.dataset_states, num_envs=64, seed=0)
+    dataset.generate(policy.path, config, str(out), resume=True, progress=progress)
+    return dataset.load_dataset(str(out), env_id=policy.env_id)
+
+
+# Results already computed in this process, so that the stages of `distill reproduce` (and the
+# cells of a notebook) share them instead of recomputing: the same students and the same
+# reference evaluations appear in the loss comparison, the compression sweep and the report.
+_MEMO: dict[tuple, object] = {}
+
+
+def reference_scores(policy: checkpoint.Policy, b: Budget) -> tuple[float, float]:
+    """(teacher, random) mean scores under the evaluation protocol, same episodes and seed."""
+    key = ("reference", policy.manifest["files"][checkpoint.PARAMS], b.eval_episodes)
+    if key not in _MEMO:
+        t = evaluate.evaluate_policy(policy, b.eval_episodes, seed=10_000).mean
+        r = evaluate.evaluate_random(policy.env_id, b.eval_episodes, seed=10_000).mean
+        _MEMO[key] = (t, r)
+    return _MEMO[key]
+
+
+def prepare_games(games, b: Budget, runs_dir: Path, progress: bool = True) -> None:
+    """Across several hosts, each process makes its share of the teachers and datasets (games
+    p, p + P, ...) and then waits for the others; with `runs_dir` on a shared file system every
+    one is made once. Nothing on a single host (each is made when first needed)."""
+    if jax.process_count() == 1:
+        return
+    for env_id in sharding.process_share(tuple(games)):
+        ensure_dataset(ensure_teacher(env_id, b, runs_dir, progress), b, runs_dir, progress)
+    sharding.barrier("distill-prepare-games")
+
+
+def game_inputs(
+    env_id: str, b: Budget, runs_dir: Path, progress: bool = True
+) -> tuple[checkpoint.Policy, dataset.Dataset, dict]:
+    """A game's `(teacher policy, its dataset, reference row)`; the row is
+    `{"game", "teacher_score", "random_score"}`, as the results' "teachers" list holds it."""
+    policy = ensure_teacher(env_id, b, runs_dir, progress)
+    data = ensure_dataset(policy, b, runs_dir, progress)
+    t_score, r_score = reference_scores(policy, b)
+    return policy, data, {"game": env_id, "teacher_score": t_score, "random_score": r_score}
+
+
+# ---------------------------------------------------------------------------- scores
+
+
+def percent_of_teacher(score: float, teacher_score: float) -> float:
+    return 100.0 * score / teacher_score if teacher_score else float("nan")
+
+
+def random_normalised(score: float, teacher_score: float, random_score: float) -> float:
+    gap = teacher_score - random_score
+    return (score - random_score) / gap if gap else float("nan")
+
+
+def geometric_mean(values) -> float:
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 0 or (v <= 0).any() or not np.isfinite(v).all():
+        return float("nan")
+    return float(math.exp(np.mean(np.log(v))))
+
+
+def scored(score: float, teacher_score: float, random_score: float) -> dict:
+    """A result row's score columns: the score, its references and both normalisations."""
+    return {
+        "score": score,
+        "teacher_score": teacher_score,
+        "random_score": random_score,
+        "percent_of_teacher": percent_of_teacher(score, teacher_score),
+        "random_normalised": random_normalised(score, teacher_score, random_score),
+    }
+
+
+def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
+    """Mean and std over seeds of % of teacher and random-normalised score, grouped by `by`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        pct = np.array([r["percent_of_teacher"] for r in rs])
+        norm = np.array([r["random_normalised"] for r in rs])
+        out.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "seeds": len(rs),
+                "score_mean": float(np.mean([r["score"] for r in rs])),
+                "percent_mean": float(np.mean(pct)),
+                "percent_std": float(np.std(pct)),
+                "normalised_mean": float(np.mean(norm)),
+                "normalised_std": float(np.std(norm)),
+            }
+        )
+    return out
+
+
+def summary_columns(by: tuple[str, ...]) -> list[str]:
+    """The columns of a `summarise` table, in reading order."""
+    stats = ("score_mean", "percent_mean", "percent_std", "normalised_mean", "normalised_std")
+    return [*by, "seeds", *stats]

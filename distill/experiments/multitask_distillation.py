@@ -1,0 +1,220 @@
+"""Multi-task distillation (Rusu et al. 2016, section 5.3): one student for every game, with a
+shared trunk and one controller head per game, against a multi-task DQN of the same architecture
+trained on all games jointly."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill import multitask as mt
+from distill import paths, report, sharding, student, teacher, xla
+from distill.checkpoint import atomic_write_json, atomic_write_text
+from distill.config import to_dict
+from distill.experiments import common
+from distill.experiments.registry import Experiment
+
+# Rusu et al. (2016), 3-game multi-task results, geometric mean of % of single-game teachers.
+PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 116.9}
+METHODS = ("multi-dqn", "distilled-nll", "distilled-kl")
+
+
+def distil_multitask_seeds(
+    config: student.StudentConfig,
+    games,
+    datas: tuple,
+    seeds: int,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """`seeds` multi-task students side by side; metrics `[seeds, blocks, ...]`. With a `mesh`
+    the seeds are split over its `seeds` axis and the minibatches over `data`."""
+    _, init, run = mt.make_multitask_distill(config, games, mesh)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    blocks = config.blocks
+
+    def one(key, d, tau):
+        return run(init(key), d, tau, blocks)[1]
+
+    return sharding.map_seeds(one, mesh)(keys, datas, jnp.float32(config.tau))
+
+
+def multitask(
+    b: common.Budget,
+    tau: float = 0.01,
+    runs_dir: Path | None = None,
+    progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict:
+    """One multi-task student distilled from every game's teacher (NLL and KL), against a
+    multi-task DQN with the same architecture trained on all games jointly."""
+    runs_dir = Path(runs_dir or paths.runs_dir())
+    games = tuple(b.games)
+    common.prepare_games(games, b, runs_dir, progress)
+    teachers, datas, teacher_steps = [], [], 0
+    for env_id in games:
+        policy, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
+        teachers.append(reference)
+        datas.append(data.arrays())
+        teacher_steps += int(policy.manifest.get("env_steps", b.teacher_steps))
+    rows = []
+
+    def add_rows(method: str, scores: np.ndarray) -> None:  # scores [seeds, games]
+        for seed in range(scores.shape[0]):
+            for k, t in enumerate(teachers):
+                score = float(scores[seed, k])
+                rows.append(
+                    {
+                        "method": method,
+                        "game": t["game"],
+                        "seed": seed,
+                        **common.scored(score, t["teacher_score"], t["random_score"]),
+                    }
+                )
+
+    for loss in ("nll", "kl"):
+        config = student.StudentConfig(
+            loss=loss,
+            tau=tau,
+            updates=b.updates * len(games),
+            eval_every=b.eval_every * len(games),
+            eval_episodes=b.eval_episodes,
+        )
+        m = distil_multitask_seeds(config, games, tuple(datas), b.seeds, mesh)
+        add_rows(f"distilled-{loss}", sharding.to_host(m.score)[:, -1, :])
+    dqn_steps = b.multitask_dqn_steps or teacher_steps
+    scores = multitask_dqn_scores(games, dqn_steps, b.eval_episodes, runs_dir, progress, mesh)
+    add_rows("multi-dqn", scores[None])
+    return {
+        "rows": rows,
+        "summary": multitask_summary(rows),
+        "teachers": teachers,
+        "multitask_dqn_steps": dqn_steps,
+        "channels_padded_to": mt.padded_channels(games),
+        "budget": dataclasses.asdict(b),
+    }
+
+
+def multitask_dqn_scores(
+    games: tuple[str, ...],
+    steps: int,
+    eval_episodes: int,
+    runs_dir: Path,
+    progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+) -> np.ndarray:
+    """The multi-task DQN baseline trained for `steps` env steps over all games (resumable, in
+    `runs_dir`); its mean evaluation score per game, `[games]`."""
+    dqn_config = teacher.default_config(games[0], total_steps=steps)
+    dqn_mesh = sharding.for_one_run(mesh)  # one run: only a `data` axis splits it
+    network, init, run, iterations = mt.make_multitask_train(dqn_config, games, dqn_mesh)
+    key = sharding.replicate(jax.random.PRNGKey(0), dqn_mesh)
+    identity = {"config": to_dict(dqn_config), "games": list(games), "mesh": str(dqn_mesh)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    state = mt.train_in_chunks(
+        run,
+        xla.jit(init)(key),
+        iterations,
+        games,
+        progress=progress,
+        folder=runs_dir / f"multitask-dqn_{digest}",
+        identity=identity,
+        mesh=dqn_mesh,
+    )
+    params = sharding.to_host(state.params)
+    scores = mt.evaluate_heads(network, params, games, eval_episodes, seed=10_000)
+    return np.array([s.mean for s in scores])
+
+
+def multitask_summary(rows: list[dict]) -> list[dict]:
+    """Per method: mean and std over seeds of the geometric mean across games of % of teacher,
+    beside the paper's 3-game figure."""
+    summary = []
+    for method in METHODS:
+        seeds = sorted({r["seed"] for r in rows if r["method"] == method})
+        geo = [
+            common.geometric_mean(
+                r["percent_of_teacher"] for r in rows if r["method"] == method and r["seed"] == s
+            )
+            for s in seeds
+        ]
+        summary.append(
+            {
+                "method": method,
+                "seeds": len(seeds),
+                "geomean_percent_mean": float(np.mean(geo)),
+                "geomean_percent_std": float(np.std(geo)),
+                "paper_percent_3_games": PAPER_MULTITASK[method],
+            }
+        )
+    return summary
+
+
+def multitask_table(result: dict) -> list[dict]:
+    """Per game: mean % of teacher for each method, then the geometric-mean row."""
+    out = []
+    for t in result["teachers"]:
+        row = {"game": t["game"]}
+        for m in METHODS:
+            vals = [
+                r["percent_of_teacher"]
+                for r in result["rows"]
+                if r["method"] == m and r["game"] == t["game"]
+            ]
+            row[m] = float(np.mean(vals))
+        out.append(row)
+    geo = {s["method"]: s["geomean_percent_mean"] for s in result["summary"]}
+    out.append({"game": "geometric mean", **geo})
+    out.append({"game": "paper (3 Atari games)", **PAPER_MULTITASK})
+    return out
+
+
+def write_multitask(result: dict, out: str | Path) -> Path:
+    """results JSON, the per-game markdown table and the figure, into folder `out`."""
+    from distill import plotting
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "multitask.json", result)
+    atomic_write_text(
+        folder / "multitask.md", report.markdown_table(multitask_table(result)) + "\n"
+    )
+    plotting.multitask_figure(result).savefig(folder / "multitask.png", dpi=120)
+    return folder
+
+
+def console_table(result: dict) -> str:
+    return report.markdown_table(multitask_table(result))
+
+
+def report_section(result: dict) -> list[str]:
+    r = result
+    return [
+        "## Multi-task distillation",
+        "",
+        f"One network for {len(r['teachers'])} games: a shared trunk, one controller head "
+        f"per game; observations zero-padded to {r['channels_padded_to']} channels. The "
+        f"multi-task DQN trained for {r['multitask_dqn_steps']:,} env steps over all games.",
+        "",
+        report.markdown_table(multitask_table(r)),
+        "",
+        "![multitask](multitask/multitask.png)",
+        "",
+    ]
+
+
+EXPERIMENT = Experiment(
+    name="multitask",
+    help="one student for all games vs a multi-task DQN",
+    run=multitask,
+    write=write_multitask,
+    console_table=console_table,
+    report_section=report_section,
+    order=3,
+    applies=lambda b: len(b.games) > 1,
+)

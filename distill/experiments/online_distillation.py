@@ -1,0 +1,92 @@
+"""Online policy distillation (Rusu et al. 2016, section 5.4): a student distilled, round after
+round, from a teacher that is still training; both evaluated after every round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+from distill import online as onl
+from distill import report, student, teacher
+from distill.checkpoint import atomic_write_json, atomic_write_text
+from distill.experiments import common
+from distill.experiments.registry import Experiment
+
+
+def online(
+    b: common.Budget, env_id: str | None = None, progress: bool = True, tau: float = 0.01
+) -> dict:
+    """Online distillation on one game: teacher and student evaluated after every round."""
+    env_id = env_id or b.games[0]
+    t_config = teacher.default_config(env_id, total_steps=b.online_teacher_steps)
+    s_config = student.StudentConfig(loss="kl", tau=tau)
+    o_config = onl.OnlineConfig(
+        rounds=b.online_rounds,
+        updates_per_round=max(b.updates // 10, 100),
+        eval_episodes=b.eval_episodes,
+    )
+    return onl.online_distillation(t_config, s_config, o_config, progress=progress)
+
+
+def run(
+    b: common.Budget,
+    *,
+    tau: float = 0.01,
+    runs_dir: Path | None = None,
+    progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict:
+    """`online` as the registry calls it: one teacher and one student, on one device (a
+    reproduction's mesh is for the other stages); nothing kept in `runs_dir`."""
+    return online(b, progress=progress, tau=tau)
+
+
+def online_table(result: dict) -> list[dict]:
+    """Teacher and student: final score and stability over the second half of training."""
+    return [{"policy": who, **result[who]} for who in ("teacher", "student")]
+
+
+def write_online(result: dict, out: str | Path) -> Path:
+    """results JSON, the markdown table and the figure, into folder `out`."""
+    from distill import plotting
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "online.json", result)
+    atomic_write_text(folder / "online.md", report.markdown_table(online_table(result)) + "\n")
+    plotting.online_figure(result).savefig(folder / "online.png", dpi=120)
+    return folder
+
+
+def console_table(result: dict) -> str:
+    return report.markdown_table(online_table(result))
+
+
+def report_section(result: dict) -> list[str]:
+    return [
+        f"## Online distillation ({result['env_id']})",
+        "",
+        "Paper: the online student matches the teacher and is markedly more stable (no "
+        "numbers given). Spread = std of the evaluation scores over the second half of "
+        "training; worst drop = largest fall between successive evaluations.",
+        "",
+        report.markdown_table(online_table(result)),
+        "",
+        "![online](online/online.png)",
+        "",
+    ]
+
+
+EXPERIMENT = Experiment(
+    name="online",
+    help="a student following a training teacher",
+    run=run,
+    write=write_online,
+    console_table=console_table,
+    report_section=report_section,
+    order=4,
+    suites=("minatar",),
+    applies=lambda b: b.online_rounds > 0,
+    mesh_axes=(),
+)

@@ -1,0 +1,208 @@
+"""Students of one config trained side by side, one per seed (or per (tau, seed) pair), and the
+on-disk cache that lets a long experiment resume between students.
+
+Seeds run side by side under `jax.vmap`, in one compiled call per (game, loss, network). A device
+mesh (`distill.sharding`) splits the seeds over its `seeds` axis and each student's minibatches
+over its `data` axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill import checkpoint, dataset, envs, sharding, student
+from distill.experiments import common
+
+
+def distil_seeds(
+    config: student.StudentConfig,
+    data: dataset.Dataset,
+    seeds: int,
+    mesh: jax.sharding.Mesh | None = None,
+    cache: str | Path | None = None,
+):
+    """Train `seeds` students side by side (jax.vmap); returns final params and metrics.
+
+    Metrics are `[seeds, blocks]` numpy arrays (loss, agreement, in-env score after each block).
+    With a `mesh` the seeds are split over its `seeds` axis (per seed bit-identical to the
+    single-device run) and each student's minibatches over its `data` axis
+    (`sharding.map_seeds`); the final state stays split over `seeds`.
+
+    With a `cache` folder the finished students are stored there under a name derived from the
+    config, the dataset's checksums and `seeds`, and a later call with the same three reads them
+    back instead of training: a long experiment interrupted between students loses none.
+
+    Atari envs live on the host and Atari-size convolutions train fastest one update per
+    compiled call on CPU, so there each seed is a `student.fit` run (seed `config.seed + s`,
+    evaluated in the env after every block) in `cache` (or a temporary folder), which also
+    resumes a student interrupted half-way.
+    """
+    memo_key = (
+        "distil",
+        config,
+        data.path,
+        tuple(sorted(data.manifest["files"].items())),
+        seeds,
+        mesh,
+    )
+    if memo_key in common._MEMO:
+        return common._MEMO[memo_key]
+    if envs.spec(data.env_id).is_atari:
+        # one folder per seed inside: a run with more seeds reuses the ones it has
+        folder = Path(cache) / student_folder_name(config, data) if cache else None
+        result = _distil_host_seeds(config, data, seeds, mesh, folder)
+    else:
+        folder = Path(cache) / student_folder_name(config, data, seeds) if cache else None
+        if folder is not None and (folder / checkpoint.MANIFEST).exists():
+            result = _read_students(folder, config, data, seeds)
+        else:
+            result = _distil_in_graph_seeds(config, data, seeds, mesh)
+            if folder is not None:
+                _write_students(folder, config, data, seeds, result)
+    common._MEMO[memo_key] = result
+    return result
+
+
+def _distil_in_graph_seeds(config, data, seeds, mesh):
+    distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+
+    def one(key, arrays, tau):
+        state = distiller.init(key)
+        return distiller.run(state, arrays, tau, config.blocks, data.first_row, True)
+
+    run = sharding.map_seeds(one, mesh)
+    state, metrics = run(keys, data.arrays(), jnp.float32(config.tau))
+    return distiller, state, sharding.to_host(metrics)
+
+
+def _distil_host_seeds(config, data, seeds, mesh, folder):
+    """One `student.fit` per seed (in `folder`, resumable), stacked like the in-graph path."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = folder if folder is not None else Path(scratch)
+        policies = [
+            student.fit(
+                dataclasses.replace(config, seed=config.seed + s),
+                data.path,
+                str(root / f"seed_{s}"),
+                resume=True,
+                progress=False,
+                data=data,
+                mesh=mesh,
+            )
+            for s in range(seeds)
+        ]
+    rows = [p.manifest["metrics"] for p in policies]
+    metrics = student.BlockMetrics(
+        *(
+            np.array([[r[k] for r in rs] for rs in rows], np.float32)
+            for k in student.BlockMetrics._fields
+        )
+    )
+    params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(p.params for p in policies))
+    state = student.StudentState(params, None, None, jnp.full((seeds,), config.updates))
+    return _distiller(config, data), state, metrics
+
+
+def student_folder_name(
+    config: student.StudentConfig, data: dataset.Dataset, seeds: int | None = None
+) -> str:
+    """`<game>_<net>_<loss>_<hash>`: the hash covers the whole config, the dataset and seeds
+    (students trained side by side depend on how many there are; `None` for a folder of
+    independent per-seed runs)."""
+    key = json.dumps(
+        {
+            "config": dataclasses.asdict(config),
+            "dataset": sorted(data.manifest["files"].items()),
+            "seeds": seeds,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{envs.spec(data.env_id).safe_name}_{config.net}_{config.loss}_{digest}"
+
+
+def _write_students(folder: Path, config, data, seeds, result) -> None:
+    _, state, metrics = result
+    checkpoint.write_checkpoint(
+        folder,
+        {checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(sharding.to_host(state))},
+        {
+            "kind": "students",
+            "env_id": data.env_id,
+            "config": dataclasses.asdict(config),
+            "dataset": student.dataset_fingerprint(data),
+            "seeds": seeds,
+            "metrics": {k: np.asarray(v).tolist() for k, v in metrics._asdict().items()},
+        },
+    )
+
+
+def _read_students(folder: Path, config, data, seeds):
+    """Students `_write_students` stored; anything that does not match is refused by name."""
+    manifest = checkpoint.read_manifest(folder)
+    if (
+        manifest.get("config") != dataclasses.asdict(config)
+        or manifest.get("seeds") != seeds
+        or not dataset.same_source(manifest.get("dataset"), student.dataset_fingerprint(data))
+    ):
+        raise checkpoint.CheckpointError(
+            f"{folder / checkpoint.MANIFEST}: holds students of another config, dataset or "
+            "number of seeds"
+        )
+    distiller = _distiller(config, data)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    template = jax.eval_shape(jax.vmap(distiller.init), keys)
+    raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
+    state = checkpoint.pytree_from_bytes(
+        raw, template, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE, manifest))
+    )
+    metrics = student.BlockMetrics(
+        *(np.array(manifest["metrics"][k], np.float32) for k in student.BlockMetrics._fields)
+    )
+    return distiller, state, metrics
+
+
+def _distiller(config, data):
+    return student.make_distill(config, data.env_id, data.stack)
+
+
+def distil_tau_sweep(
+    config: student.StudentConfig,
+    data: dataset.Dataset,
+    seeds: int,
+    taus,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """Students for every (tau, seed) pair side by side in one compiled call: `(state, metrics)`
+    with a leading `[taus, seeds]` pair of axes.
+
+    The pairs share one leading axis, split over the mesh's `seeds` axis. Seed s starts from the
+    same key for every tau, so row t holds the students `distil_seeds` trains with
+    `tau=taus[t]` (to float rounding: here tau is a vmapped value, there a scalar). Sweeps over
+    network size change shapes: run one call per size (as `compression` does).
+    """
+    taus = np.asarray(taus, np.float32)
+    distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    in_graph = not envs.spec(data.env_id).is_atari
+    pairs = (jnp.tile(keys, (len(taus), 1)), jnp.repeat(jnp.asarray(taus), seeds))
+
+    def one(pair, arrays):
+        key, tau = pair
+        return distiller.run(
+            distiller.init(key), arrays, tau, config.blocks, data.first_row, in_graph
+        )
+
+    state, metrics = sharding.map_seeds(one, mesh)(pairs, data.arrays())
+    unflatten = lambda x: x.reshape(len(taus), seeds, *x.shape[1:])  # noqa: E731
+    return state, jax.tree_util.tree_map(unflatten, sharding.to_host(metrics))
