@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import checkpoint, dataset, envs, evaluate, paths, sharding, teacher
+from distill import checkpoint, dataset, envs, evaluate, families, paths, sharding, teacher
 
 # ---------------------------------------------------------------------------- budgets
 
@@ -148,7 +148,7 @@ def ensure_teacher(
     if (shipped / checkpoint.MANIFEST).exists():
         return checkpoint.load(shipped, env_id=env_id)
     out = runs_dir / "teachers" / f"{envs.spec(env_id).safe_name}_{b.teacher_steps}"
-    if envs.spec(env_id).is_atari:
+    if not families.of(env_id).in_graph:
         preset = teacher.default_config(env_id)
         config = teacher.default_config(
             env_id,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jax
 
-from distill import paths, report, student
+from distill import losses, paths, report, student
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common, seeds
 from distill.experiments.registry import Experiment
@@ -17,7 +17,7 @@ from distill.experiments.registry import Experiment
 def loss_comparison(
     b: common.Budget,
     losses: tuple[str, ...] = ("nll", "mse", "kl"),
-    tau: float = 0.01,
+    tau: float = losses.DEFAULT_TAU,
     net: str = "teacher",
     runs_dir: Path | None = None,
     progress: bool = True,

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill import losses, paths, report, sharding, student, teacher, xla
 from distill import multitask as mt
-from distill import paths, report, sharding, student, teacher, xla
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.config import to_dict
 from distill.experiments import common
@@ -46,7 +46,7 @@ def distil_multitask_seeds(
 
 def multitask(
     b: common.Budget,
-    tau: float = 0.01,
+    tau: float = losses.DEFAULT_TAU,
     runs_dir: Path | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,

@@ -7,15 +7,18 @@ from pathlib import Path
 
 import jax
 
+from distill import losses, report, student, teacher
 from distill import online as onl
-from distill import report, student, teacher
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common
 from distill.experiments.registry import Experiment
 
 
 def online(
-    b: common.Budget, env_id: str | None = None, progress: bool = True, tau: float = 0.01
+    b: common.Budget,
+    env_id: str | None = None,
+    progress: bool = True,
+    tau: float = losses.DEFAULT_TAU,
 ) -> dict:
     """Online distillation on one game: teacher and student evaluated after every round."""
     env_id = env_id or b.games[0]
@@ -32,7 +35,7 @@ def online(
 def run(
     b: common.Budget,
     *,
-    tau: float = 0.01,
+    tau: float = losses.DEFAULT_TAU,
     runs_dir: Path | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import envs, networks, paths, report, student
+from distill import envs, families, losses, networks, paths, report, student
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common, seeds
 from distill.experiments.registry import Experiment
@@ -21,7 +21,7 @@ PAPER_COMPRESSION = {"teacher": None, "net1": 108.3, "net2": 101.7, "net3": 83.9
 def compression(
     b: common.Budget,
     nets: tuple[str, ...] = ("teacher", "net1", "net2", "net3"),
-    tau: float = 0.01,
+    tau: float = losses.DEFAULT_TAU,
     runs_dir: Path | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
@@ -39,7 +39,9 @@ def compression(
         teachers.append(reference)
         t_score, r_score = reference["teacher_score"], reference["random_score"]
         spec = envs.spec(env_id)
-        teacher_params = networks.param_count("teacher", spec.obs_shape, spec.num_actions)
+        teacher_params = networks.param_count(
+            families.net_spec(env_id, "teacher"), spec.obs_shape, spec.num_actions
+        )
         for net in nets:
             config = student.StudentConfig(
                 loss="kl",
@@ -50,7 +52,9 @@ def compression(
                 eval_episodes=b.eval_episodes,
             )
             _, _, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
-            n_params = networks.param_count(net, spec.obs_shape, spec.num_actions)
+            n_params = networks.param_count(
+                families.net_spec(env_id, net), spec.obs_shape, spec.num_actions
+            )
             for seed in range(b.seeds):
                 rows.append(
                     {

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, dataset, envs, sharding, student
+from distill import checkpoint, dataset, envs, families, sharding, student
 from distill.experiments import common
 
 
@@ -54,7 +54,7 @@ def distil_seeds(
     )
     if memo_key in common._MEMO:
         return common._MEMO[memo_key]
-    if envs.spec(data.env_id).is_atari:
+    if not families.of(data.env_id).in_graph:
         # one folder per seed inside: a run with more seeds reuses the ones it has
         folder = Path(cache) / student_folder_name(config, data) if cache else None
         result = _distil_host_seeds(config, data, seeds, mesh, folder)
@@ -74,12 +74,13 @@ def _distil_in_graph_seeds(config, data, seeds, mesh):
     distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
 
-    def one(key, arrays, tau):
+    def one(key, arrays, hyper):
         state = distiller.init(key)
-        return distiller.run(state, arrays, tau, config.blocks, data.first_row, True)
+        return distiller.run(state, arrays, hyper, config.blocks, data.first_row, True)
 
     run = sharding.map_seeds(one, mesh)
-    state, metrics = run(keys, data.arrays(), jnp.float32(config.tau))
+    hyper = jax.tree_util.tree_map(jnp.float32, config.hyper)  # the loss's, e.g. {"tau": 0.01}
+    state, metrics = run(keys, data.arrays(), hyper)
     return distiller, state, sharding.to_host(metrics)
 
 
@@ -194,7 +195,7 @@ def distil_tau_sweep(
     taus = np.asarray(taus, np.float32)
     distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
-    in_graph = not envs.spec(data.env_id).is_atari
+    in_graph = families.of(data.env_id).in_graph
     pairs = (jnp.tile(keys, (len(taus), 1)), jnp.repeat(jnp.asarray(taus), seeds))
 
     def one(pair, arrays):
