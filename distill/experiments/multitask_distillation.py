@@ -38,10 +38,11 @@ def distil_multitask_seeds(
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
     blocks = config.blocks
 
-    def one(key, d, tau):
-        return run(init(key), d, tau, blocks)[1]
+    def one(key, d, hyper):
+        return run(init(key), d, hyper, blocks)[1]
 
-    return sharding.map_seeds(one, mesh)(keys, datas, jnp.float32(config.tau))
+    hyper = jax.tree_util.tree_map(jnp.float32, config.hyper)  # the loss's, e.g. {"tau": 0.01}
+    return sharding.map_seeds(one, mesh)(keys, datas, hyper)
 
 
 def multitask(
