@@ -59,10 +59,12 @@ def cmd_nets(args) -> int:
     if not args.all:
         rows = [r for r in rows if r["name"] in networks.NET_NAMES]
     print(f"{spec.env_id}: observations {spec.obs_shape} {spec.obs_dtype}, {actions} actions")
-    print(f"{'name':<14} {'layers':<50} {'parameters':>11} {'% of teacher':>13} {'paper %':>8}")
+    wn = max(8, *(len(r["name"]) for r in rows))
+    wl = max(42, *(len(r["layers"]) for r in rows))
+    print(f"{'name':<{wn}} {'layers':<{wl}} {'parameters':>11} {'% of teacher':>13} {'paper %':>8}")
     for r in rows:
         print(
-            f"{r['name']:<14} {r['layers']:<50} {r['params']:>11,d} "
+            f"{r['name']:<{wn}} {r['layers']:<{wl}} {r['params']:>11,d} "
             f"{r['percent_of_teacher']:>12.1f}% {r['paper_percent']:>7.0f}%"
         )
     return 0
