@@ -7,6 +7,7 @@ what was wrong and exit with status 2; an interrupted job saves a checkpoint and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -196,7 +197,7 @@ def cmd_experiment(args) -> int:
     if args.mesh is not None and not experiment.mesh_axes:
         raise ConfigError(f"--mesh {args.mesh}: experiment {args.name} runs on one device")
     mesh = _mesh(args, experiment.mesh_axes)
-    b = experiments.budget(args.budget)
+    b = experiments.budget(args.budget, **_budget_overrides(args, experiments))
     # every process of a multi-host run computes; process 0 alone writes and prints
     writes = sharding.is_main_process()
     result = experiment.run(b, tau=args.tau, mesh=mesh)
@@ -209,10 +210,13 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from distill import reproduce
+    from distill import experiments, reproduce
 
     only = tuple(args.stages.split(",")) if args.stages else None
-    out = reproduce.reproduce(args.suite, args.budget, args.out, mesh=_mesh(args), only=only)
+    given = _budget_overrides(args, experiments)
+    out = reproduce.reproduce(
+        args.suite, args.budget, args.out, mesh=_mesh(args), only=only, overrides=given
+    )
     print(f"report: {out / 'report.md'}")
     return 0
 
@@ -283,8 +287,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _budget_options(parser, experiments) -> None:
+    """Every field of a Budget as an option that changes the chosen --budget."""
+    cliconf.add_config_options(
+        parser,
+        experiments.Budget,
+        skip=("name",),
+        presets={n: dataclasses.asdict(b) for n, b in experiments.BUDGETS.items()},
+        title="budget fields (each changes the chosen --budget; MinAtar values shown)",
+    )
+
+
+def _budget_overrides(args, experiments) -> dict:
+    return cliconf.overrides(experiments.Budget, args, skip=("name",))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from distill import dataset, evaluate, student, teacher
+    from distill import dataset, evaluate, losses, student, teacher
 
     p = _Parser(
         prog="distill",
@@ -352,8 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
             f"{e.name}: {e.help}".replace("%", "%%") for e in experiments.EXPERIMENTS.values()
         ),
     )
-    s.add_argument("--budget", choices=list(experiments.BUDGETS), default="quick")
-    s.add_argument("--tau", type=float, default=0.01)
+    s.add_argument(
+        "--budget",
+        choices=list(experiments.BUDGETS),
+        default="quick",
+        help="how much compute (default quick); any of its fields can be changed below",
+    )
+    s.add_argument(
+        "--tau",
+        type=cliconf.number,
+        default=losses.DEFAULT_TAU,
+        help="KL temperature (default 0.01)",
+    )
     s.add_argument("--out", required=True, help="results folder")
     s.add_argument("--mesh", help=MESH_HELP)
     s.add_argument(
@@ -361,11 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="auto|HOST:PORT,PROCESSES,ID",
         help="join a multi-host run (jax.distributed) before starting; see the README",
     )
+    _budget_options(s, experiments)
     s.set_defaults(func=cmd_experiment)
 
     s = sub.add_parser("reproduce", help="run the paper's experiments end to end, with a report")
     s.add_argument("--suite", choices=list(reproduce.SUITES), default="minatar")
-    s.add_argument("--budget", choices=list(experiments.BUDGETS), default="quick")
+    s.add_argument(
+        "--budget",
+        choices=list(experiments.BUDGETS),
+        default="quick",
+        help="how much compute (default quick); any of its fields can be changed below",
+    )
     s.add_argument("--out", required=True, help="results folder (re-runs skip finished stages)")
     s.add_argument("--mesh", help=MESH_HELP)
     s.add_argument(
@@ -373,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated stages to run, the others left as they are (default: all): "
         + ", ".join(reproduce.STAGE_ORDER),
     )
+    _budget_options(s, experiments)
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")

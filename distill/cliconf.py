@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import inspect
 import textwrap
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -88,8 +89,33 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def names(text: str) -> tuple[str, ...]:
+    """argparse type: a comma-separated list, e.g. Breakout-MinAtar,Asterix-MinAtar."""
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _or_none(kind):
+    """argparse type: `kind`, or None for the word 'none'."""
+
+    def parse(text: str):
+        return None if text.strip().lower() == "none" else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
 def _parser_type(hint: Any) -> tuple[Any, dict]:
     """(argparse type, extra add_argument keywords) for a field's type hint."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        (base,) = [a for a in args if a is not type(None)]
+        kind, extra = _parser_type(base)
+        return _or_none(kind), extra
+    if typing.get_origin(hint) is tuple and args in ((str, ...),):
+        return names, {}
     if typing.get_origin(hint) is typing.Annotated:
         base, *marks = typing.get_args(hint)
         if base is int and POSITIVE in marks:
@@ -106,7 +132,7 @@ def _parser_type(hint: Any) -> tuple[Any, dict]:
     raise TypeError(f"no command-line form for a field of type {hint!r}")
 
 
-_METAVARS = {positive_int: "N", integer: "N", number: "X"}
+_METAVARS = {positive_int: "N", integer: "N", number: "X", names: "A,B"}
 
 
 def flag(name: str, prefix: str = "") -> str:
@@ -114,7 +140,10 @@ def flag(name: str, prefix: str = "") -> str:
     return f"--{prefix}{name.replace('_', '-')}"
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as the command line writes it: 1_000_000, a,b, 0.01."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
     return f"{value:_}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
@@ -146,15 +175,17 @@ def add_config_options(
         kind, extra = _parser_type(hints[f.name])
         if f.name in required:
             default = "required"
+        elif f.default is dataclasses.MISSING:  # a value of each preset, nothing of its own
+            default = "; ".join(f"{k} {shown(p[f.name])}" for k, p in (presets or {}).items())
         else:
-            default = f"default {_shown(f.default)}"
+            default = f"default {shown(f.default)}"
             varied = {
                 k: p[f.name]
                 for k, p in (presets or {}).items()
                 if f.name in p and p[f.name] != f.default
             }
             if varied:
-                default += "; " + ", ".join(f"{k} {_shown(v)}" for k, v in varied.items())
+                default += "; " + ", ".join(f"{k} {shown(v)}" for k, v in varied.items())
         help_ = f"{docs.get(f.name, '')} ({default})".strip().replace("%", "%%")
         group.add_argument(
             flag(f.name, prefix),
@@ -169,11 +200,16 @@ def add_config_options(
         )
 
 
-def overrides(cls: type, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
-    """{field: value} of the fields of `cls` given on the command line (and only those)."""
-    given = vars(args)
+def overrides(
+    cls: type, args: argparse.Namespace, prefix: str = "", skip: Iterable[str] = ()
+) -> dict[str, Any]:
+    """{field: value} of the fields of `cls` given on the command line (and only those); `skip`
+    as given to `add_config_options` (those names may belong to other options)."""
+    given, skip = vars(args), set(skip)
     return {
-        f.name: given[prefix + f.name] for f in dataclasses.fields(cls) if prefix + f.name in given
+        f.name: given[prefix + f.name]
+        for f in dataclasses.fields(cls)
+        if prefix + f.name in given and f.name not in skip
     }
 
 

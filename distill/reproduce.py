@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from distill import checkpoint, experiments, report, xla
+from distill import checkpoint, cliconf, experiments, report, xla
 
 SUITES = experiments.SUITES  # suite -> budget name -> Budget
 
@@ -82,20 +82,22 @@ def reproduce(
     progress: bool = True,
     mesh=None,
     only: tuple[str, ...] | None = None,
+    overrides: dict | None = None,
 ) -> Path:
     """Run (or resume) every stage; write OUT/report.md and OUT/results.json. Returns OUT.
 
     `mesh` (a `jax.sharding.Mesh`, see `distill.sharding`) splits the students' seeds and
     minibatches across devices; None runs on one device. `only` names the stages to run; the
     others are left as they are (their finished results still go into the report), so that
-    independent stages can run in separate processes."""
+    independent stages can run in separate processes. `overrides` changes fields of the budget
+    (`{"seeds": 5}`); finished stages of another budget are run again."""
     from distill.config import ConfigError
 
     if suite not in SUITES:
         raise ConfigError(f"suite={suite!r} is not valid: choose one of {list(SUITES)}")
     if budget_name not in SUITES[suite]:
         raise ConfigError(f"budget={budget_name!r} is not valid: choose smoke, quick or full")
-    b = SUITES[suite][budget_name]
+    b = dataclasses.replace(SUITES[suite][budget_name], **(overrides or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = stages_for(suite, b)
@@ -112,7 +114,8 @@ def reproduce(
         "versions": checkpoint.versions(),
         "stage_wall_s": timings,
         "stages": stages,
-        "command": f"distill reproduce --suite {suite} --budget {budget_name} --out {out}",
+        "command": f"distill reproduce --suite {suite} --budget {budget_name} --out {out}"
+        + "".join(f" {cliconf.flag(k)} {cliconf.shown(v)}" for k, v in (overrides or {}).items()),
     }
     for i, stage in enumerate(stages, 1):
         marker = out / stage / "stage.json"

@@ -273,3 +273,33 @@ def test_a_config_with_a_prefix_shares_a_command_with_another():
     assert cliconf.config_from_args(online.OnlineConfig, args, prefix="online.") == (
         online.OnlineConfig(rounds=2)
     )
+
+
+def test_budget_fields_are_options_of_experiment_and_reproduce():
+    from distill import experiments
+
+    parser = cli.build_parser()
+    for command in (["experiment", "losses"], ["reproduce"]):
+        assert parser.parse_args([*command, "--out", "x"]).budget == "quick"
+        args = parser.parse_args(
+            [
+                *command,
+                "--budget",
+                "smoke",
+                "--seeds",
+                "5",
+                "--games",
+                "Asterix-MinAtar,Freeway-MinAtar",
+            ]
+            + ["--multitask-dqn-steps", "none", "--out", "x"]
+        )
+        b = experiments.budget(args.budget, **cli._budget_overrides(args, experiments))
+        assert b.seeds == 5 and b.games == ("Asterix-MinAtar", "Freeway-MinAtar")
+        assert b.multitask_dqn_steps is None
+        assert b.updates == experiments.BUDGETS["smoke"].updates  # not given: the budget's
+
+
+def test_bad_budget_field_exits_2_naming_it(capsys):
+    assert cli.main(["experiment", "losses", "--updates", "150", "--out", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "updates=150" in err and "eval_every" in err

@@ -26,16 +26,53 @@ class Budget:
     easy to misplace."""
 
     name: str
+    """the budget's name (smoke, quick, full)"""
     games: tuple[str, ...]
-    teacher_steps: int  # for teachers that have to be trained (none shipped)
+    """env ids the experiments run on, comma-separated"""
+    teacher_steps: int
+    """env steps of a teacher that has to be trained (none is shipped for the game)"""
     dataset_states: int
+    """states in each game's teacher dataset"""
     updates: int
+    """minibatch updates of each student"""
     eval_every: int
+    """updates between a student's evaluations (updates must be a multiple of it)"""
     seeds: int
+    """students (and multi-task runs) per configuration, one per seed"""
     eval_episodes: int
-    multitask_dqn_steps: int | None  # None: as many as the single-game teachers used together
+    """episodes of every evaluation (epsilon 0.05)"""
+    multitask_dqn_steps: int | None
+    """env steps of the multi-task DQN; none: as many as the single-game teachers together"""
     online_teacher_steps: int
+    """env steps of the teacher that trains during online distillation (0: no online stage)"""
     online_rounds: int
+    """rounds of online distillation (teacher chunk, new data, student updates, evaluation)"""
+
+    def __post_init__(self):
+        from distill.config import positive_int, require
+
+        require(
+            isinstance(self.games, tuple) and len(self.games) > 0,
+            "games",
+            self.games,
+            "must be a non-empty tuple of env ids",
+        )
+        for game in self.games:  # cheap here (no emulator loaded); envs.spec checks in full later
+            require(families.owner(game) is not None, "games", game, "an env id of distill.envs")
+        for name in ("teacher_steps", "dataset_states", "updates", "eval_every", "seeds"):
+            positive_int(name, getattr(self, name))
+        positive_int("eval_episodes", self.eval_episodes)
+        require(
+            self.updates % self.eval_every == 0,
+            "updates",
+            self.updates,
+            f"must be a multiple of eval_every={self.eval_every}",
+        )
+        if self.multitask_dqn_steps is not None:
+            positive_int("multitask_dqn_steps", self.multitask_dqn_steps)
+        for name in ("online_teacher_steps", "online_rounds"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 0, name, value, "must be an integer >= 0")
 
 
 MINATAR_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar")
@@ -130,11 +167,11 @@ ATARI_BUDGETS = {
 SUITES = {"minatar": BUDGETS, "atari": ATARI_BUDGETS}
 
 
-def budget(name: str) -> Budget:
-    """The MinAtar budget `name` (smoke, quick or full)."""
+def budget(name: str, **overrides) -> Budget:
+    """The MinAtar budget `name` (smoke, quick or full), with `overrides` of its fields."""
     if name not in BUDGETS:
         raise ValueError(f"budget={name!r}: choose one of {list(BUDGETS)}")
-    return BUDGETS[name]
+    return dataclasses.replace(BUDGETS[name], **overrides)
 
 
 # ---------------------------------------------------------------------------- ingredients
