@@ -233,13 +233,13 @@ def cmd_explain(args) -> int:
     students = [checkpoint.load(p, env_id=teacher.env_id) for p in args.students]
     data, config = None, None
     if args.dataset:
-        if teacher.env_id not in envs.MINATAR_IDS:
+        if envs.spec(teacher.env_id).family != "minatar":
             raise ConfigError(
                 f"--dataset: a linear student reads MinAtar object channels; {teacher.env_id} "
                 "is not a MinAtar game"
             )
-        config = explain.LinearConfig(
-            loss=args.loss, tau=args.tau, updates=args.updates, seed=args.seed
+        config = cliconf.config_from_args(
+            explain.LinearConfig, args, explain.LinearConfig(seed=args.seed)
         )
         data = dataset.load_dataset(args.dataset, env_id=teacher.env_id)
         if not dataset.same_source(
@@ -303,7 +303,7 @@ def _budget_overrides(args, experiments) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distill import dataset, evaluate, losses, student, teacher
+    from distill import dataset, evaluate, explain, losses, student, teacher
 
     p = _Parser(
         prog="distill",
@@ -438,11 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--dataset", help="also distil a linear student from this dataset of the teacher (MinAtar)"
     )
-    s.add_argument("--loss", choices=["nll", "mse", "kl"], default="kl", help="linear student loss")
-    s.add_argument("--tau", type=float, default=0.01, help="KL temperature (linear student)")
-    s.add_argument(
-        "--updates", type=_positive_int, default=2_000, help="linear student minibatch updates"
-    )
     s.add_argument(
         "--episodes",
         type=_positive_int,
@@ -451,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="folder for the figures and explain.json")
+    cliconf.add_config_options(
+        s, explain.LinearConfig, skip=("seed",), title="the linear student (with --dataset)"
+    )
     s.set_defaults(func=cmd_explain)
     return p
 

@@ -39,14 +39,22 @@ def init_linear(obs_shape: Sequence[int], num_actions: int) -> dict:
 class LinearConfig:
     """How a linear student is distilled."""
 
-    loss: str = "kl"  # nll | mse | kl, as in distill.losses
+    loss: str = "kl"
+    """the linear student's distillation loss: nll | mse | kl (distill.losses)"""
     tau: float = losses.DEFAULT_TAU
+    """KL temperature of the teacher"""
     updates: int = 2_000
+    """minibatch updates of the linear student"""
     batch_size: int = 256
-    lr: float = 1e-2  # Adam
-    l2: float = 1e-4  # weight decay on W: fewer spurious weights, easier to read
-    held_out: float = 0.125  # fraction of the dataset's envs kept for measuring fidelity
+    """states per minibatch"""
+    lr: float = 1e-2
+    """Adam's learning rate"""
+    l2: float = 1e-4
+    """weight decay on W: fewer spurious weights, easier to read"""
+    held_out: float = 0.125
+    """fraction of the dataset's envs kept for measuring fidelity"""
     seed: int = 0
+    """random seed"""
 
     def __post_init__(self):
         require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {tuple(losses.LOSSES)}")
