@@ -5,8 +5,9 @@
 one block is `eval_every` minibatch updates (one `lax.scan`) followed, on gymnax envs, by an
 evaluation in the env inside the same compiled call. The dataset arrays and tau are arguments,
 not closed-over constants, so `jax.vmap` runs seeds and tau values side by side.
-`fit(...)` is the CLI's runner: progress, metrics, checkpoints, resume. With a device mesh that
-has a `data` axis (`distill.sharding`), each minibatch is split across its devices.
+`fit(...)` runs a `StudentJob` through `distill.jobs.run`: progress, metrics, checkpoints,
+resume. With a device mesh that has a `data` axis (`distill.sharding`), each minibatch is split
+across its devices.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 On gymnax envs (MinAtar, CartPole) a whole training run is one `lax.scan`:
 `make_train(config).train(key)` can be `jax.jit`-ed whole and `jax.vmap`-ed over seeds. The same
-pieces run in chunks (`init`, then `run(state, iterations)`) so the CLI can show progress, write
-checkpoints and resume. On Atari (`fit_atari`) the same jitted update runs in a host loop
-around ale-py's `AtariVectorEnv`. Episode ends by time limit are treated as terminal (the
+pieces run in chunks (`init`, then `run(state, iterations)`): `fit` hands them to the job runner
+(`distill.jobs`, the job in `distill.teacher_jobs`), which shows progress, writes checkpoints
+and resumes. On Atari (`fit_atari`) the same jitted update (`make_atari_learner`) runs in a host
+loop around ale-py's `AtariVectorEnv`. Episode ends by time limit are treated as terminal (the
 observation after a reset is not the truncated state's successor). With a device mesh
 (`distill.sharding`), `train_seeds` splits seeds across devices and a `data` axis splits each
 gradient minibatch across devices. References: Mnih et al.
