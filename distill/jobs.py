@@ -157,6 +157,30 @@ def previous(job: Job, folder: Path, resume: bool) -> dict | None:
     return checkpoint.previous_run(folder, resume, job.what, job.matches, job.made_from)
 
 
+def manifest_of(job: Job, state: Any, status: str, rows: list[dict], wall_s: float) -> dict:
+    """The one manifest shape (before `write_checkpoint` adds files and versions)."""
+    return {
+        "kind": job.kind,
+        **job.describe(state),
+        **job.identity(),
+        "status": status,
+        "wall_s": round(wall_s, 3),
+        "metrics": rows,
+    }
+
+
+def check_finite(job: Job, state: Any, watched: dict, folder: Path | None, written: bool):
+    """The NaN/Inf stop: raise FloatingPointError naming the value and the step, if any."""
+    bad = non_finite(watched)
+    if bad is not None:
+        kept = (
+            f"the last good checkpoint in {folder} is kept"
+            if written
+            else "no checkpoint was written"
+        )
+        raise FloatingPointError(f"non-finite {bad} at {job.step_name} {job.at(state)}; {kept}")
+
+
 def run(job: Job, folder: str | Path | None, *, resume: bool = False, progress: bool = True) -> Any:
     """Run `job` to its end in `folder` (None: in memory, no checkpoints); see the module doc."""
     from tqdm.auto import tqdm
@@ -177,16 +201,9 @@ def run(job: Job, folder: str | Path | None, *, resume: bool = False, progress: 
 
     def save(state, status: str, extra: dict | None = None) -> None:
         final = status == "complete"
+        wall = wall_before + time.perf_counter() - start
+        manifest = {**manifest_of(job, state, status, rows, wall), **(extra or {})}
         drop = (job.state_file,) if final and not job.keep_state_file else ()
-        manifest = {
-            "kind": job.kind,
-            **job.describe(state),
-            **job.identity(),
-            "status": status,
-            "wall_s": round(wall_before + time.perf_counter() - start, 3),
-            "metrics": rows,
-            **(extra or {}),
-        }
         checkpoint.write_checkpoint(folder, job.files(state, final), manifest, drop)
         runs.write_metrics(folder, rows)
 
@@ -206,24 +223,16 @@ def run(job: Job, folder: str | Path | None, *, resume: bool = False, progress: 
             while done < job.total:
                 n = min(job.chunk, job.total - done)
                 state, new_rows, watched = job.advance(state, n)
-                bad = non_finite(watched)
-                if bad is not None:
-                    kept = (
-                        f"the last good checkpoint in {folder} is kept"
-                        if written
-                        else "no checkpoint was written"
-                    )
-                    raise FloatingPointError(
-                        f"non-finite {bad} at {job.step_name} {job.at(state)}; {kept}"
-                    )
+                check_finite(job, state, watched, folder, written)
                 done = job.done(state)
                 rows.extend(new_rows)
                 bar.update(n * job.scale)
                 if new_rows:
                     bar.set_postfix(job.postfix(rows))
                 now = time.perf_counter()
-                due = now - last_save >= job.checkpoint_every_s
-                if folder is not None and (stop.requested or due):
+                if folder is not None and (
+                    stop.requested or now - last_save >= job.checkpoint_every_s
+                ):
                     save(state, "running")
                     state = job.written(state)
                     written, last_save = True, now

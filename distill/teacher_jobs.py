@@ -146,8 +146,7 @@ class HostLoop:
     finished: list = dataclasses.field(default_factory=list)  # returns since the last row
     loss_sum: float = 0.0
     loss_count: int = 0
-    last_log: float = 0.0
-    log_start: int = 0  # iteration of the last row
+    last_log: float = 0.0  # when the last row was made
 
 
 def act_step_record(env, act: Callable, store: Callable, s: HostLoop, during: Callable) -> list:
@@ -205,13 +204,12 @@ class AtariTeacher(_Teacher):
         iteration = int(state.iteration)
         obs = envs.reset_in_env_order(self.env, c.seed + iteration)
         now = time.perf_counter()
-        return HostLoop(
-            state, iteration, obs, np.zeros(c.num_envs), last_log=now, log_start=iteration
-        )
+        return HostLoop(state, iteration, obs, np.zeros(c.num_envs), last_log=now)
 
     def close(self) -> None:
         if self.env is not None:
             self.env.close()
+        self.env = None
 
     def done(self, s: HostLoop) -> int:
         return s.iteration
@@ -256,7 +254,7 @@ class AtariTeacher(_Teacher):
             "wall_s": round(now - s.last_log, 3),
         }
         s.finished, s.loss_sum, s.loss_count = [], 0.0, 0
-        s.last_log, s.log_start = now, s.iteration
+        s.last_log = now
         return row
 
     def _snapshot(self, s: HostLoop):
@@ -271,8 +269,7 @@ class AtariTeacher(_Teacher):
         return jobs.policy_files(s.train.params, self._snapshot(s), final)
 
     def finish(self, s: HostLoop, rows: list[dict]) -> dict:
-        self.close()
-        self.env = None
+        self.close()  # the emulators' threads are done before evaluation starts its own
         c = self.config
         scores = evaluate.evaluate_atari(
             self.learner.apply, s.train.params, c.env_id, self.eval_episodes, seed=c.seed + 1
