@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import acting, checkpoint, envs, families, replay, runs, xla
+from distill import acting, checkpoint, envs, families, jobs, replay, xla
 from distill.checkpoint import CheckpointError
 from distill.config import ConfigError, PositiveInt, in_range, positive_int, require
 from distill.evaluate import EVAL_EPSILON
@@ -134,6 +133,185 @@ def make_gymnax_generator(policy, config: DatasetConfig):
     return init, shard
 
 
+class Progress(NamedTuple):
+    """A dataset job's state: the generator's, the shards written, the newest shard's bytes."""
+
+    gen: Any  # GenState on gymnax; the Atari halves' observations, pending actions, key, history
+    shards: tuple[str, ...]  # every shard recorded
+    unsaved: dict[str, bytes]  # {name: npz} of the shards recorded since the last checkpoint
+
+
+class _DatasetJob(jobs.Job):
+    """`generate`'s job: one shard of `rows_per_shard` rows per `advance`."""
+
+    kind = what = "dataset"
+    made_from = "another teacher or config"
+    step_name, unit = "state", "state"
+    state_file = GENERATOR_STATE
+
+    def __init__(self, policy, config: DatasetConfig, checkpoint_every_s: float = 0.0):
+        self.policy, self.config, self.spec = policy, config, policy.spec
+        self.checkpoint_every_s = checkpoint_every_s
+        self.fingerprint = teacher_fingerprint(policy)
+        self.total, self.chunk, self.scale = config.rows, config.rows_per_shard, config.num_envs
+        self.num_shards = -(-config.rows // config.rows_per_shard)
+        self.desc = f"dataset {self.spec.env_id}"
+
+    def identity(self) -> dict:
+        return {"teacher": self.fingerprint, "config": dataclasses.asdict(self.config)}
+
+    def matches(self, manifest: dict) -> bool:
+        return same_source(manifest.get("teacher"), self.fingerprint) and manifest.get(
+            "config"
+        ) == dataclasses.asdict(self.config)
+
+    def done(self, state: Progress) -> int:
+        return sum(_shard_rows(s) for s in state.shards)
+
+    def describe(self, state: Progress) -> dict:
+        spec = self.spec
+        return {
+            "env_id": spec.env_id,
+            "num_actions": spec.num_actions,
+            "obs_shape": list(spec.obs_shape),
+            "stack": stack_of(spec),
+            "shards": list(state.shards),
+            "rows": self.done(state),
+            "num_envs": self.config.num_envs,
+        }
+
+    def files(self, state: Progress, final: bool) -> dict[str, bytes]:
+        return dict(state.unsaved)
+
+    def written(self, state: Progress) -> Progress:
+        return state._replace(unsaved={})
+
+    def recorded(self, state: Progress, gen: Any, arrays: dict[str, np.ndarray]) -> jobs.Chunk:
+        """The chunk of a shard just recorded: its bytes wait in the state for the checkpoint."""
+        name = _shard_name(len(state.shards), arrays["q"].shape[0])
+        state = Progress(gen, (*state.shards, name), {**state.unsaved, name: _npz(arrays)})
+        return jobs.Chunk(state, [], {"teacher Q-values": arrays["q"]})
+
+    def saved(self, state: Progress) -> str:
+        return f"{len(state.shards)} of {self.num_shards} shards saved"
+
+    def reload(self, folder: Path, manifest: dict) -> Path:
+        return folder
+
+    def result(self, state: Progress, folder: Path) -> Path:
+        return folder
+
+
+class GymnaxDataset(_DatasetJob):
+    """Shards recorded by the pure `make_gymnax_generator`, its state saved with each shard."""
+
+    def __init__(self, policy, config: DatasetConfig, **kw):
+        super().__init__(policy, config, **kw)
+        init, shard = make_gymnax_generator(policy, config)
+        self.gen_init, self.shard = init, xla.jit(shard, static_argnums=2)
+
+    def init(self) -> Progress:
+        return Progress(self.gen_init(jax.random.PRNGKey(self.config.seed)), (), {})
+
+    def restore(self, state: Progress, folder: Path, manifest: dict) -> Progress:
+        shards = tuple(manifest.get("shards", []))
+        gen = super().restore(state.gen, folder, manifest) if shards else state.gen
+        return Progress(gen, shards, {})
+
+    def advance(self, state: Progress, n: int) -> jobs.Chunk:
+        gen, record = self.shard(self.policy.params, state.gen, n)
+        return self.recorded(state, gen, {k: np.asarray(v) for k, v in record.items()})
+
+    def files(self, state: Progress, final: bool) -> dict[str, bytes]:
+        if final:
+            return dict(state.unsaved)
+        return {**state.unsaved, GENERATOR_STATE: checkpoint.pytree_to_bytes(state.gen)}
+
+
+class AtariGen(NamedTuple):
+    obs: list  # per half [half, *obs_shape]
+    pending: list  # per half, the dispatched (q, action) for its observations
+    key: jax.Array
+    history: dict  # the rows before the next shard: frames, done (to rebuild its stacks)
+
+
+class AtariDataset(_DatasetJob):
+    """Two halves of the envs take turns: one half's emulators step while the network scores
+    the other half's observations, so env threads and inference overlap. The emulators' state
+    is not saved: a resumed dataset continues with fresh episodes."""
+
+    def __init__(self, policy, config: DatasetConfig, **kw):
+        if config.num_envs % 2:
+            raise ConfigError(f"num_envs={config.num_envs} must be even for Atari (two halves)")
+        super().__init__(policy, config, **kw)
+        self.half, self.halves = config.num_envs // 2, []
+        self.act = acting.host_actor(policy.apply, config.epsilon)
+
+    def init(self) -> Progress:
+        return Progress(None, (), {})
+
+    def restore(self, state: Progress, folder: Path, manifest: dict) -> Progress:
+        return Progress(None, tuple(manifest.get("shards", [])), {})
+
+    def start(self, state: Progress) -> Progress:
+        n, stack = self.config.num_envs, stack_of(self.spec)
+        frame, storage = families.frame_shape(self.spec), families.storage_dtype(self.spec)
+        seed = self.config.seed + 1_000_003 * len(state.shards)
+        self.halves = [envs.make_atari(self.spec.env_id, self.half, training=False) for _ in "ab"]
+        obs = [envs.reset_in_env_order(h, seed + 7919 * i) for i, h in enumerate(self.halves)]
+        key = jax.random.PRNGKey(seed)
+        pending = []
+        for i in range(2):
+            key, k = jax.random.split(key)
+            pending.append(self.act(self.policy.params, obs[i], k))  # dispatched asynchronously
+        history = {  # the rows before the shard: start of data = zeros, done
+            "frames": np.zeros((stack - 1, n, *frame), storage),
+            "done": np.ones((stack - 1, n), bool),
+        }
+        return state._replace(gen=AtariGen(obs, pending, key, history))
+
+    def close(self) -> None:
+        for h in self.halves:
+            h.close()
+        self.halves = []
+
+    def advance(self, state: Progress, rows: int) -> jobs.Chunk:
+        n, stack, (obs, pending, key, history) = (
+            self.config.num_envs,
+            stack_of(self.spec),
+            state.gen,
+        )
+        frame, storage = families.frame_shape(self.spec), families.storage_dtype(self.spec)
+        buf = {
+            "obs": np.zeros((rows, n, *frame), storage),
+            "q": np.zeros((rows, n, self.spec.num_actions), np.float32),
+            "action": np.zeros((rows, n), np.int32),
+            "reward": np.zeros((rows, n), np.float32),
+            "done": np.zeros((rows, n), bool),
+        }
+        for r in range(rows):
+            for i, env in enumerate(self.halves):
+                q, action = (np.asarray(x) for x in pending[i])
+                env.send(action.astype(np.int32))
+                cols = slice(i * self.half, (i + 1) * self.half)
+                buf["obs"][r, cols] = obs[i][:, -1]
+                buf["q"][r, cols] = q
+                buf["action"][r, cols] = action
+                obs[i], reward, term, trunc = envs.in_env_order(*env.recv())
+                buf["reward"][r, cols] = reward
+                buf["done"][r, cols] = term | trunc
+                key, k = jax.random.split(key)
+                pending[i] = self.act(self.policy.params, obs[i], k)
+        arrays = {**buf, "history_obs": history["frames"], "history_done": history["done"]}
+        history = {"frames": buf["obs"][-(stack - 1) :], "done": buf["done"][-(stack - 1) :]}
+        if rows < stack - 1:  # a tiny last shard: keep whatever history it can
+            history = {
+                "frames": np.concatenate([arrays["history_obs"], buf["obs"]])[-(stack - 1) :],
+                "done": np.concatenate([arrays["history_done"], buf["done"]])[-(stack - 1) :],
+            }
+        return self.recorded(state, AtariGen(obs, pending, key, history), arrays)
+
+
 def generate(
     teacher_path: str,
     config: DatasetConfig,
@@ -141,93 +319,17 @@ def generate(
     *,
     resume: bool = False,
     progress: bool = True,
+    checkpoint_every_s: float = 0.0,
 ) -> Path:
-    """Let the teacher act and write its dataset to `out` (streamed in shards; resumable)."""
+    """Let the teacher act and write its dataset to `out` (streamed in shards; resumable).
+
+    Shards wait in memory until the next checkpoint: one once `checkpoint_every_s` seconds
+    have passed at the end of a shard (0: after every shard) and on SIGINT/SIGTERM.
+    """
     policy = checkpoint.load(teacher_path)
-    spec = policy.spec
-    folder = Path(out)
-    fingerprint = teacher_fingerprint(policy)
-    config_dict = dataclasses.asdict(config)
-    total_rows = config.rows
-    per_shard = config.rows_per_shard
-    num_shards = -(-total_rows // per_shard)
-    shards: list[str] = []
-    if (folder / checkpoint.MANIFEST).exists():
-        kind = checkpoint.read_manifest(folder).get("kind")
-        if kind != "dataset":
-            raise CheckpointError(f"{folder}: holds a {kind!r}, not a dataset")
-    manifest = checkpoint.previous_run(
-        folder,
-        resume,
-        "dataset",
-        lambda m: same_source(m.get("teacher"), fingerprint) and m.get("config") == config_dict,
-        "another teacher or config",
-    )
-    if manifest is not None:
-        if manifest.get("status") == "complete":
-            return folder
-        shards = list(manifest.get("shards", []))
-
-    def write(status: str, files: dict[str, bytes], extra: dict, drop=()) -> None:
-        manifest = {
-            "kind": "dataset",
-            "env_id": spec.env_id,
-            "num_actions": spec.num_actions,
-            "obs_shape": list(spec.obs_shape),
-            "stack": stack_of(spec),
-            "teacher": fingerprint,
-            "config": config_dict,
-            "status": status,
-            "shards": shards,
-            "rows": sum(_shard_rows(s) for s in shards),
-            "num_envs": config.num_envs,
-            **extra,
-        }
-        checkpoint.write_checkpoint(folder, files, manifest, drop)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=total_rows * config.num_envs,
-        initial=sum(_shard_rows(s) for s in shards) * config.num_envs,
-        unit="state",
-        unit_scale=True,
-        desc=f"dataset {spec.env_id}",
-        disable=not progress,
-    )
-    start = time.perf_counter()
-    try:
-        with runs.stop_on_signals() as stop:
-            if spec.is_atari:
-                _generate_atari(
-                    policy,
-                    config,
-                    shards,
-                    num_shards,
-                    per_shard,
-                    total_rows,
-                    write,
-                    bar,
-                    stop,
-                    folder,
-                )
-            else:
-                _generate_gymnax(
-                    policy,
-                    config,
-                    shards,
-                    num_shards,
-                    per_shard,
-                    total_rows,
-                    write,
-                    bar,
-                    stop,
-                    folder,
-                )
-    finally:
-        bar.close()
-    write("complete", {}, {"wall_s": round(time.perf_counter() - start, 3)}, (GENERATOR_STATE,))
-    return folder
+    kind = GymnaxDataset if families.of(policy.spec).in_graph else AtariDataset
+    job = kind(policy, config, checkpoint_every_s=checkpoint_every_s)
+    return jobs.run(job, out, resume=resume, progress=progress)
 
 
 def _shard_name(i: int, rows: int) -> str:
@@ -242,122 +344,6 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
-
-
-def _generate_gymnax(
-    policy, config, shards, num_shards, per_shard, total_rows, write, bar, stop, folder
-):
-    init, shard = make_gymnax_generator(policy, config)
-    shard = xla.jit(shard, static_argnums=2)
-    state = init(jax.random.PRNGKey(config.seed))
-    if shards:
-        data = checkpoint.read_verified(folder, GENERATOR_STATE)
-        state = checkpoint.pytree_from_bytes(
-            data, state, str(checkpoint.path_of(folder, GENERATOR_STATE))
-        )
-    while len(shards) < num_shards:
-        done_rows = sum(_shard_rows(s) for s in shards)
-        rows = min(per_shard, total_rows - done_rows)
-        state, record = shard(policy.params, state, rows)
-        arrays = {k: np.asarray(v) for k, v in record.items()}
-        if not np.isfinite(arrays["q"]).all():
-            raise FloatingPointError(
-                f"non-finite teacher Q-values in shard {len(shards)}; the teacher is damaged"
-            )
-        name = _shard_name(len(shards), rows)
-        shards.append(name)
-        write(
-            "running", {name: _npz(arrays), GENERATOR_STATE: checkpoint.pytree_to_bytes(state)}, {}
-        )
-        bar.update(rows * config.num_envs)
-        if stop.requested and len(shards) < num_shards:
-            raise runs.Interrupted(
-                f"{stop.signal_name}: {len(shards)} of {num_shards} shards saved in {folder}; "
-                "continue with --resume"
-            )
-
-
-def _generate_atari(
-    policy, config, shards, num_shards, per_shard, total_rows, write, bar, stop, folder
-):
-    """Two halves of the envs take turns: one half's emulators step while the network scores
-    the other half's observations, so env threads and inference overlap."""
-    if config.num_envs % 2:
-        raise ConfigError(f"num_envs={config.num_envs} must be even for Atari (two halves)")
-    spec = policy.spec
-    half = config.num_envs // 2
-    stack = stack_of(spec)
-    frame, storage = families.frame_shape(spec), families.storage_dtype(spec)
-    # A resumed Atari dataset continues with fresh episodes (the emulators' state is not saved).
-    seed = config.seed + 1_000_003 * len(shards)
-    halves = [envs.make_atari(spec.env_id, half, training=False) for _ in range(2)]
-    obs = [envs.reset_in_env_order(h, seed + 7919 * i) for i, h in enumerate(halves)]
-    act = acting.host_actor(policy.apply, config.epsilon)
-    key = jax.random.PRNGKey(seed)
-    history = {  # the rows before the shard, for rebuilding stacks: start of data = zeros, done
-        "frames": np.zeros((stack - 1, config.num_envs, *frame), storage),
-        "done": np.ones((stack - 1, config.num_envs), bool),
-    }
-    try:
-        pending = []
-        for i in range(2):
-            key, k = jax.random.split(key)
-            pending.append(act(policy.params, obs[i], k))  # dispatched asynchronously
-        while len(shards) < num_shards:
-            done_rows = sum(_shard_rows(s) for s in shards)
-            rows = min(per_shard, total_rows - done_rows)
-            buf = {
-                "obs": np.zeros((rows, config.num_envs, *frame), storage),
-                "q": np.zeros((rows, config.num_envs, spec.num_actions), np.float32),
-                "action": np.zeros((rows, config.num_envs), np.int32),
-                "reward": np.zeros((rows, config.num_envs), np.float32),
-                "done": np.zeros((rows, config.num_envs), bool),
-            }
-            for r in range(rows):
-                for i, env in enumerate(halves):
-                    q, action = (np.asarray(x) for x in pending[i])
-                    env.send(action.astype(np.int32))
-                    cols = slice(i * half, (i + 1) * half)
-                    buf["obs"][r, cols] = obs[i][:, -1]
-                    buf["q"][r, cols] = q
-                    buf["action"][r, cols] = action
-                    obs[i], reward, term, trunc = envs.in_env_order(*env.recv())
-                    buf["reward"][r, cols] = reward
-                    buf["done"][r, cols] = term | trunc
-                    key, k = jax.random.split(key)
-                    pending[i] = act(policy.params, obs[i], k)
-                if (r + 1) % 64 == 0:
-                    bar.update(64 * config.num_envs)
-            bar.update((rows % 64) * config.num_envs)
-            if not np.isfinite(buf["q"]).all():
-                raise FloatingPointError(
-                    f"non-finite teacher Q-values in shard {len(shards)}; the teacher is damaged"
-                )
-            arrays = {
-                **buf,
-                "history_obs": history["frames"],
-                "history_done": history["done"],
-            }
-            history = {
-                "frames": buf["obs"][-(stack - 1) :],
-                "done": buf["done"][-(stack - 1) :],
-            }
-            if rows < stack - 1:  # a tiny last shard: keep whatever history it can
-                history = {
-                    "frames": np.concatenate([arrays["history_obs"], buf["obs"]])[-(stack - 1) :],
-                    "done": np.concatenate([arrays["history_done"], buf["done"]])[-(stack - 1) :],
-                }
-            name = _shard_name(len(shards), rows)
-            shards.append(name)
-            write("running", {name: _npz(arrays)}, {})
-            if stop.requested and len(shards) < num_shards:
-                raise runs.Interrupted(
-                    f"{stop.signal_name}: {len(shards)} of {num_shards} shards saved in "
-                    f"{folder}; continue with --resume"
-                )
-    finally:
-        for h in halves:
-            h.close()
 
 
 # ---------------------------------------------------------------------------- reading

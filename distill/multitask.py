@@ -18,19 +18,23 @@ across its devices; seeds are split by the caller (`experiments.distil_multitask
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from distill import (
+    acting,
     distillation,
     envs,
     evaluate,
     families,
+    jobs,
     losses,
     networks,
     replay,
@@ -266,10 +270,10 @@ def make_multitask_train(
         replays, env_states, obs_out, returns, ret_sums, episodes = [], [], [], [], [], []
         for k, e in enumerate(gym):
             k_act, k_env = jax.random.split(k_game[k])
-            action = teacher.epsilon_greedy(k_act, apply_k(k)(state.params, state.obs[k]), eps)
-            obs, env_state, reward, done, _ = jax.vmap(e.step)(
-                jax.random.split(k_env, n), state.env_states[k], action
+            s = acting.graph_step(
+                e, apply_k(k), state.params, state.obs[k], state.env_states[k], k_act, k_env, eps
             )
+            action, obs, env_state, reward, done = s.action, s.obs, s.env_state, s.reward, s.done
             replays.append(replay.add(state.replays[k], state.obs[k], action, reward, done))
             ep = state.episode_returns[k] + reward
             ret_sums.append(jnp.sum(jnp.where(done, ep, 0.0)))
@@ -325,6 +329,63 @@ def chunk_size(iterations: int, chunks: int) -> int:
     return max(d for d in range(1, target + 1) if iterations % d == 0)
 
 
+class ChunksJob(jobs.Job):
+    """`train_in_chunks`'s job: `run(state, chunk)` per `advance`; the state is its checkpoint."""
+
+    kind, what = "multitask-dqn", "multi-task DQN"
+    step_name, unit, desc = "iteration", "it", "multi-task DQN"
+    keep_state_file = True  # a finished run is read back from its training state
+    resume_hint = "run the same command again to continue"
+
+    def __init__(self, run, state, iterations, games, size, identity, checkpoint_every_s, mesh):
+        self.template, self.games, self.mesh = state, tuple(games), mesh
+        self.total, self.chunk, self.checkpoint_every_s = iterations, size, checkpoint_every_s
+        self.ident = json.loads(json.dumps(identity))  # as the manifest reads back (no tuples)
+        self.run = xla.jit(lambda s: run(s, size))
+
+    def identity(self) -> dict:
+        return {"identity": self.ident, "chunk": self.chunk}
+
+    def init(self) -> MultiTrainState:
+        return self.template
+
+    def restore(self, state, folder, manifest) -> MultiTrainState:
+        return sharding.replicate(super().restore(state, folder, manifest), self.mesh)
+
+    def done(self, state: MultiTrainState) -> int:
+        return int(state.iteration)
+
+    def describe(self, state: MultiTrainState) -> dict:
+        return {"iteration": self.done(state)}
+
+    def advance(self, state: MultiTrainState, n: int) -> jobs.Chunk:
+        updates = int(state.updates)
+        state, (ret_sums, episodes, loss) = self.run(state)
+        ret_sums, episodes = np.asarray(ret_sums).sum(0), np.asarray(episodes).sum(0)
+        loss = np.asarray(loss)
+        row = {
+            "iteration": self.done(state),
+            "loss": float(np.nanmean(loss)) if np.isfinite(loss).any() else float("nan"),
+            **{
+                f"return {g}": float(r / e) if e else float("nan")
+                for g, r, e in zip(self.games, ret_sums, episodes, strict=True)
+            },
+        }
+        # a diverged network stays NaN, so the chunk's last loss, once it learns, tells
+        learned = int(state.updates) > updates
+        return jobs.Chunk(state, [row], {"TD loss": loss[-1]} if learned else {})
+
+    def postfix(self, rows: list[dict]) -> dict:
+        returns = {g: rows[-1][f"return {g}"] for g in self.games}
+        return {g.split("-")[0]: f"{r:.1f}" if np.isfinite(r) else "-" for g, r in returns.items()}
+
+    def reload(self, folder: Path, manifest: dict) -> MultiTrainState:
+        return self.restore(self.template, folder, manifest)
+
+    def result(self, state: MultiTrainState, folder: Path | None) -> MultiTrainState:
+        return state
+
+
 def train_in_chunks(
     run: Callable,
     state: MultiTrainState,
@@ -346,77 +407,11 @@ def train_in_chunks(
     `checkpoint_every_s` seconds, on SIGINT/SIGTERM and at the end, and a run found there is
     continued (or, finished, returned) if it was made with the same `identity` (a JSON-able
     description of the config and games) and chunk size; `state` is then only the template.
+    A non-finite TD loss stops the run (FloatingPointError), keeping the last checkpoint.
     """
-    import json
-    import time
-
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from distill import checkpoint, runs
-
     size = chunk_size(iterations, chunks)
-    done = 0
-    if folder is not None:
-        folder = Path(folder)
-        identity = json.loads(json.dumps(identity))  # as the manifest reads back (no tuples)
-        manifest = checkpoint.previous_run(
-            folder,
-            True,
-            "multi-task DQN",
-            lambda m: m.get("identity") == identity and m.get("chunk") == size,
-            "another config",
-        )
-        if manifest is not None:
-            raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
-            where = str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE, manifest))
-            state = sharding.replicate(checkpoint.pytree_from_bytes(raw, state, where), mesh)
-            done = int(manifest["iteration"])
-
-    def save(status: str) -> None:
-        manifest = {
-            "kind": "multitask-dqn",
-            "status": status,
-            "identity": identity,
-            "chunk": size,
-            "iteration": done,
-        }
-        files = {checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(state)}
-        checkpoint.write_checkpoint(folder, files, manifest)
-
-    run_chunk = xla.jit(lambda s: run(s, size))
-    last_save = time.perf_counter()
-    with (
-        runs.stop_on_signals() as stop,
-        tqdm(
-            total=iterations, initial=done, unit="it", desc="multi-task DQN", disable=not progress
-        ) as bar,
-    ):
-        while done < iterations:
-            state, (ret_sums, episodes, _) = run_chunk(state)
-            done += size
-            ret_sums, episodes = np.asarray(ret_sums).sum(0), np.asarray(episodes).sum(0)
-            bar.update(size)
-            bar.set_postfix(
-                {
-                    g.split("-")[0]: f"{r / e:.1f}" if e else "-"
-                    for g, r, e in zip(games, ret_sums, episodes, strict=True)
-                }
-            )
-            now = time.perf_counter()
-            if folder is not None and (
-                done == iterations or stop.requested or now - last_save >= checkpoint_every_s
-            ):
-                save("complete" if done == iterations else "running")
-                last_save = now
-            if stop.requested and done < iterations:
-                raise runs.Interrupted(
-                    f"{stop.signal_name}: multi-task DQN saved at iteration {done} in {folder}; "
-                    "run the same command again to continue"
-                    if folder is not None
-                    else f"{stop.signal_name}: multi-task DQN stopped at iteration {done}"
-                )
-    return state
+    job = ChunksJob(run, state, iterations, games, size, identity, checkpoint_every_s, mesh)
+    return jobs.run(job, folder, resume=True, progress=progress)
 
 
 def evaluate_heads(network, params, games: Sequence[str], episodes: int, seed: int = 0):

@@ -1,4 +1,5 @@
-"""Shared plumbing for long jobs: stop requests from signals, progress bars, metric files."""
+"""Shared plumbing for long jobs (`distill.jobs.run` uses it): stop requests from signals, the
+Interrupted exception, metric files."""
 
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ followed, on gymnax envs, by an evaluation in the env inside the same compiled c
 arrays and the loss's hyperparameters (`config.hyper`, e.g. `{"tau": 0.01}`; a bare tau works
 too) are arguments, not closed-over constants, so `jax.vmap` runs seeds and tau values side by
 side.
-`fit(...)` is the CLI's runner: progress, metrics, checkpoints, resume. With a device mesh that
-has a `data` axis (`distill.sharding`), each minibatch is split across its devices.
+`fit(...)` runs a `StudentJob` through `distill.jobs.run`: progress, metrics, checkpoints,
+resume. With a device mesh that has a `data` axis (`distill.sharding`), each minibatch is split
+across its devices.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -31,9 +31,9 @@ from distill import (
     envs,
     evaluate,
     families,
+    jobs,
     losses,
     networks,
-    runs,
     sharding,
     xla,
 )
@@ -223,6 +223,110 @@ def check_compatible(config: StudentConfig, data: dataset.Dataset, env_id: str |
         )
 
 
+class StudentJob(jobs.Job):
+    """`fit`'s job: one block of `eval_every` updates (and its evaluation) per `advance`."""
+
+    kind = what = "student"
+    made_from = "another config or dataset"
+    step_name, unit = "update", "upd"
+
+    def __init__(self, config: StudentConfig, data: dataset.Dataset, mesh=None, every_s=0.0):
+        self.config, self.data, self.mesh = config, data, mesh
+        self.checkpoint_every_s = every_s  # 0: after every block
+        self.spec = envs.spec(data.env_id)
+        self.fingerprint = dataset_fingerprint(data)
+        self.total, self.chunk = config.blocks * config.eval_every, config.eval_every
+        self.desc = f"student {config.net}/{config.loss} {data.env_id}"
+        # Atari-size convolutions train fastest one update per compiled call on CPU (see
+        # networks.CONV_GRADS); the host loop costs nothing next to a ~30 ms update.
+        self.host_loop = not families.of(self.spec).in_graph
+        self.distiller = make_distill(
+            config,
+            data.env_id,
+            data.stack,
+            conv_grad="native" if self.host_loop else "auto",
+            mesh=mesh,
+        )
+        if self.host_loop:
+            # the old state is dead after each update: let XLA write the new one in its buffers
+            self.step = xla.jit(
+                lambda s, d, h: self.distiller.step(s, d, h, data.first_row), donate_argnums=0
+            )
+        else:
+            self.block = xla.jit(
+                lambda s, d, h: self.distiller.run(s, d, h, 1, data.first_row, True)
+            )
+
+    def identity(self) -> dict:
+        return {"config": dataclasses.asdict(self.config), "dataset": self.fingerprint}
+
+    def matches(self, manifest: dict) -> bool:
+        return manifest.get("config") == self.identity()["config"] and dataset.same_source(
+            manifest.get("dataset"), self.fingerprint
+        )
+
+    def init(self) -> StudentState:
+        return self.distiller.init(jax.random.PRNGKey(self.config.seed))
+
+    def start(self, state: StudentState) -> StudentState:
+        self.arrays = self.data.arrays()
+        if self.mesh is not None:
+            state, self.arrays = sharding.replicate((state, self.arrays), self.mesh)
+        return state
+
+    def done(self, state: StudentState) -> int:
+        return int(state.updates)
+
+    def run_block(self, state: StudentState, hyper) -> tuple[StudentState, BlockMetrics]:
+        if not self.host_loop:
+            return self.block(state, self.arrays, hyper)
+        metrics = []
+        for _ in range(self.config.eval_every):
+            state, m = self.step(state, self.arrays, hyper)
+            metrics.append(m)
+        loss, agree = (jnp.mean(jnp.stack(x))[None] for x in zip(*metrics, strict=True))
+        return state, BlockMetrics(loss, agree, jnp.full((1,), jnp.nan))
+
+    def advance(self, state: StudentState, n: int) -> jobs.Chunk:
+        t0, config = time.perf_counter(), self.config
+        state, m = self.run_block(state, jax.tree_util.tree_map(jnp.float32, config.hyper))
+        loss, score = float(m.loss[0]), float(m.score[0])
+        if self.host_loop and np.isfinite(loss):
+            score = evaluate.evaluate_atari(
+                self.distiller.network.apply,
+                state.params,
+                self.data.env_id,
+                config.eval_episodes,
+                seed=config.seed + self.done(state) // config.eval_every - 1,
+            ).mean
+        row = {
+            "updates": int(state.updates),
+            "loss": loss,
+            "agreement": float(m.agreement[0]),
+            "score": score,
+            "wall_s": round(time.perf_counter() - t0, 3),
+        }
+        return jobs.Chunk(state, [row], {f"{config.loss} loss": loss})
+
+    def describe(self, state: StudentState) -> dict:
+        c = self.config
+        return {
+            **checkpoint.policy_manifest(
+                "student", self.data.env_id, c.net, self.spec.num_actions, {}
+            ),
+            "updates": int(state.updates),
+        }
+
+    def files(self, state: StudentState, final: bool) -> dict[str, bytes]:
+        return jobs.policy_files(state.params, state, final)
+
+    def postfix(self, rows: list[dict]) -> dict:
+        return {"loss": f"{rows[-1]['loss']:.4f}", "score": f"{rows[-1]['score']:.2f}"}
+
+    def finish(self, state: StudentState, rows: list[dict]) -> dict:
+        return {"final_score": rows[-1]["score"] if rows else float("nan")}
+
+
 def fit(
     config: StudentConfig,
     dataset_path: str,
@@ -232,9 +336,14 @@ def fit(
     progress: bool = True,
     data: dataset.Dataset | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    checkpoint_every_s: float = 0.0,
 ):
     """Distil a student from a dataset folder into `out`; returns the loaded student Policy.
 
+    The run goes in blocks of `eval_every` updates, each followed by an evaluation. A checkpoint
+    is written once `checkpoint_every_s` seconds have passed at the end of a block (0: after
+    every block) and on SIGINT/SIGTERM, after the block in progress; a resumed run is
+    bit-identical on CPU.
     With a `mesh` (a `data` axis), parameters and dataset are replicated on its devices and each
     minibatch is split across them; the checkpoints are the same files. A mesh without a `data`
     axis has nothing to split in one run: the student then trains on one device.
@@ -242,132 +351,5 @@ def fit(
     mesh = sharding.for_one_run(mesh)
     data = data if data is not None else dataset.load_dataset(dataset_path)
     check_compatible(config, data, None)
-    spec = envs.spec(data.env_id)
-    folder = Path(out)
-    config_dict = dataclasses.asdict(config)
-    fingerprint = dataset_fingerprint(data)
-    # Atari-size convolutions train fastest one update per compiled call on CPU (see
-    # networks.CONV_GRADS); the host loop costs nothing next to a ~30 ms update.
-    host_loop = spec.is_atari
-    distiller = make_distill(
-        config, data.env_id, data.stack, conv_grad="native" if host_loop else "auto", mesh=mesh
-    )
-    state = distiller.init(jax.random.PRNGKey(config.seed))
-    rows: list[dict] = []
-    manifest = checkpoint.previous_run(
-        folder,
-        resume,
-        "student",
-        lambda m: (
-            m.get("config") == config_dict and dataset.same_source(m.get("dataset"), fingerprint)
-        ),
-        "another config or dataset",
-    )
-    if manifest is not None:
-        if manifest.get("status") == "complete":
-            return checkpoint.load(folder)
-        raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
-        state = checkpoint.pytree_from_bytes(
-            raw, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
-        )
-        rows = list(manifest.get("metrics", []))
-
-    arrays = data.arrays()
-    if mesh is not None:
-        state, arrays = sharding.replicate((state, arrays), mesh)
-    if host_loop:
-        # the old state is dead after each update: let XLA write the new one in its buffers
-        step = xla.jit(
-            lambda s, d, tau: distiller.step(s, d, tau, data.first_row), donate_argnums=0
-        )
-
-        def run_block(s, d, tau):
-            metrics = []
-            for _ in range(config.eval_every):
-                s, m = step(s, d, tau)
-                metrics.append(m)
-            loss, agree = (jnp.mean(jnp.stack(x))[None] for x in zip(*metrics, strict=True))
-            return s, BlockMetrics(loss, agree, jnp.full((1,), jnp.nan))
-
-    else:
-        run_block = xla.jit(lambda s, d, tau: distiller.run(s, d, tau, 1, data.first_row, True))
-
-    def manifest_for(status: str, extra: dict | None = None) -> dict:
-        return checkpoint.policy_manifest(
-            "student",
-            data.env_id,
-            config.net,
-            spec.num_actions,
-            config_dict,
-            status=status,
-            dataset=fingerprint,
-            updates=int(state.updates),
-            metrics=rows,
-            **(extra or {}),
-        )
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=config.blocks * config.eval_every,
-        initial=int(state.updates),
-        unit="upd",
-        unit_scale=True,
-        desc=f"student {config.net}/{config.loss} {data.env_id}",
-        disable=not progress,
-    )
-    try:
-        with runs.stop_on_signals() as stop:
-            while int(state.updates) < config.blocks * config.eval_every:
-                t0 = time.perf_counter()
-                state, m = run_block(state, arrays, jnp.float32(config.tau))
-                loss = float(m.loss[0])
-                if not np.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite {config.loss} loss at update {int(state.updates)}; "
-                        f"{folder} keeps the last good checkpoint, if one was written"
-                    )
-                score = float(m.score[0])
-                if spec.is_atari:
-                    score = evaluate.evaluate_atari(
-                        distiller.network.apply,
-                        state.params,
-                        data.env_id,
-                        config.eval_episodes,
-                        seed=config.seed + len(rows),
-                    ).mean
-                rows.append(
-                    {
-                        "updates": int(state.updates),
-                        "loss": loss,
-                        "agreement": float(m.agreement[0]),
-                        "score": score,
-                        "wall_s": round(time.perf_counter() - t0, 3),
-                    }
-                )
-                bar.update(config.eval_every)
-                bar.set_postfix(loss=f"{loss:.4f}", score=f"{score:.2f}")
-                checkpoint.write_checkpoint(
-                    folder,
-                    {
-                        checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params),
-                        checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(state),
-                    },
-                    manifest_for("running"),
-                )
-                runs.write_metrics(folder, rows)
-                if stop.requested:
-                    raise runs.Interrupted(
-                        f"{stop.signal_name}: checkpoint saved at update {int(state.updates)} "
-                        f"in {folder}; continue with --resume"
-                    )
-    finally:
-        bar.close()
-    final = rows[-1]["score"] if rows else float("nan")
-    checkpoint.write_checkpoint(
-        folder,
-        {checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params)},
-        manifest_for("complete", {"final_score": final}),
-        drop=(checkpoint.TRAIN_STATE,),
-    )
-    return checkpoint.load(folder)
+    job = StudentJob(config, data, mesh, checkpoint_every_s)
+    return jobs.run(job, out, resume=resume, progress=progress)

@@ -2,9 +2,10 @@
 
 On gymnax envs (MinAtar, CartPole) a whole training run is one `lax.scan`:
 `make_train(config).train(key)` can be `jax.jit`-ed whole and `jax.vmap`-ed over seeds. The same
-pieces run in chunks (`init`, then `run(state, iterations)`) so the CLI can show progress, write
-checkpoints and resume. On Atari (`fit_atari`) the same jitted update runs in a host loop
-around ale-py's `AtariVectorEnv`. Episode ends by time limit are treated as terminal (the
+pieces run in chunks (`init`, then `run(state, iterations)`): `fit` hands them to the job runner
+(`distill.jobs`, the job in `distill.teacher_jobs`), which shows progress, writes checkpoints
+and resumes. On Atari (`fit_atari`) the same jitted update (`make_atari_learner`) runs in a host
+loop around ale-py's `AtariVectorEnv`. Episode ends by time limit are treated as terminal (the
 observation after a reset is not the truncated state's successor). With a device mesh
 (`distill.sharding`), `train_seeds` splits seeds across devices and a `data` axis splits each
 gradient minibatch across devices. References: Mnih et al.
@@ -23,7 +24,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill import acting, envs, families, losses, networks, replay, sharding, xla
+from distill import (
+    acting,
+    envs,
+    families,
+    jobs,
+    losses,
+    networks,
+    replay,
+    sharding,
+    teacher_jobs,
+    xla,
+)
 from distill.config import ConfigError, PositiveInt, in_range, positive_int, require
 
 
@@ -345,24 +357,7 @@ def train_seeds(
     return sharding.map_seeds(trainer.train, mesh)(keys)
 
 
-# ---------------------------------------------------------------------------- the CLI's runner
-
-
-def _chunk_rows(metrics: Metrics, first_iteration: int, num_envs: int, wall_s: float) -> dict:
-    import numpy as np
-
-    episodes = int(np.sum(metrics.episodes))
-    return_sum = float(np.sum(metrics.return_sum))
-    loss = np.asarray(metrics.loss)
-    iterations = int(loss.shape[0])
-    return {
-        "env_steps": (first_iteration + iterations) * num_envs,
-        "episodes": episodes,
-        "mean_return": return_sum / episodes if episodes else float("nan"),
-        "loss": float(np.nanmean(loss)) if np.isfinite(loss).any() else float("nan"),
-        "epsilon": float(np.asarray(metrics.epsilon)[-1]),
-        "wall_s": round(wall_s, 3),
-    }
+# ---------------------------------------------------------------------------- the CLI's runners
 
 
 def fit(
@@ -385,138 +380,72 @@ def fit(
     replicated on its devices and each gradient minibatch split across them (without a `data`
     axis the run stays on one device). Returns the loaded `Policy`.
     """
-    import time
-    from pathlib import Path
-
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from distill import checkpoint, evaluate, runs
-    from distill.config import to_dict
-
-    folder = Path(out)
-    config_dict = to_dict(config)
     mesh = sharding.for_one_run(mesh)
     # without a mesh, the very call fit always made
     trainer = make_train(config) if mesh is None else make_train(config, mesh)
-    state = trainer.init(jax.random.PRNGKey(config.seed))
-    rows: list[dict] = []
-    wall_before = 0.0
-    manifest = checkpoint.previous_run(
-        folder,
-        resume,
-        "teacher",
-        lambda m: m.get("config") == config_dict and m.get("chunk_iterations") == chunk_iterations,
-        "another config",
+    job = teacher_jobs.GymnaxTeacher(
+        config,
+        trainer,
+        chunk_iterations,
+        mesh,
+        checkpoint_every_s=checkpoint_every_s,
+        eval_episodes=eval_episodes,
     )
-    if manifest is not None:
-        if manifest.get("status") == "complete":
-            return checkpoint.load(folder)
-        data = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
-        state = checkpoint.pytree_from_bytes(
-            data, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
+    return jobs.run(job, out, resume=resume, progress=progress)
+
+
+def make_atari_learner(
+    config: DQNConfig, mesh: jax.sharding.Mesh | None = None
+) -> teacher_jobs.AtariLearner:
+    """The jitted pieces `fit_atari`'s host loop calls: init, act, learn, store.
+
+    One or two updates per compiled call, not a scan: native conv gradients are the fast ones.
+    `learn` and `store` donate the arrays they replace.
+    """
+    spec = envs.spec(config.env_id)
+    network = families.build_network(config.env_id, config.net)
+    learner = families.build_network(config.env_id, config.net, conv_grad="native")
+    optimizer = make_optimizer(config)
+    stack, frame = families.frame_stack(spec), families.frame_shape(spec)
+    update = make_update(config, learner.apply, optimizer, stack, mesh)
+    n = config.num_envs
+
+    def init(key):
+        k_net, key = jax.random.split(key)
+        params = networks.init_params(network, k_net, spec.obs_shape, spec.obs_dtype)
+        return TrainState(
+            params=params,
+            target_params=jax.tree_util.tree_map(jnp.copy, params),  # donated apart from params
+            opt_state=optimizer.init(params),
+            replay=replay.init(config.buffer_size // n, n, frame, families.storage_dtype(spec)),
+            env_state=jnp.zeros(()),  # the emulators live in C++ threads
+            obs=jnp.zeros((n, *spec.obs_shape), spec.obs_dtype),
+            episode_return=jnp.zeros(n),
+            key=key,
+            iteration=jnp.zeros((), jnp.int32),
+            updates=jnp.zeros((), jnp.int32),
         )
-        rows = list(manifest.get("metrics", []))
-        wall_before = float(manifest.get("wall_s", 0.0))
 
-    state = sharding.replicate(state, mesh)
-    run = xla.jit(trainer.run, static_argnums=1)
-    total = config.iterations
-    done = int(state.iteration)
+    @xla.jit
+    def act(params, obs, key, iteration):
+        q = network.apply(params, obs)
+        return acting.epsilon_greedy(key, q, epsilon_at(config, iteration * n))
 
-    def save(status: str, wall: float) -> None:
-        manifest = checkpoint.policy_manifest(
-            "teacher",
-            config.env_id,
-            config.net,
-            envs.spec(config.env_id).num_actions,
-            config_dict,
-            status=status,
-            env_steps=done * config.num_envs,
-            chunk_iterations=chunk_iterations,
-            wall_s=round(wall, 3),
-            metrics=rows,
-        )
-        files = {
-            checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params),
-            checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(state),
-        }
-        checkpoint.write_checkpoint(folder, files, manifest)
-        runs.write_metrics(folder, rows)
+    @functools.partial(xla.jit, donate_argnums=(0, 1, 2, 3))
+    def learn(params, target, opt_state, buffer, key, updates):
+        losses_ = []
+        for k in jax.random.split(key, config.updates_per_step):
+            params, target, opt_state, loss = update(params, target, opt_state, buffer, k, updates)
+            updates = updates + 1
+            losses_.append(loss)
+        return params, target, opt_state, buffer, updates, jnp.mean(jnp.stack(losses_))
 
-    start = time.perf_counter()
-    last_save = start
-    bar = tqdm(
-        total=total * config.num_envs,
-        initial=done * config.num_envs,
-        unit="step",
-        unit_scale=True,
-        desc=f"teacher {config.env_id}",
-        disable=not progress,
-    )
-    with runs.stop_on_signals() as stop:
-        while done < total:
-            n = min(chunk_iterations, total - done)
-            t0 = time.perf_counter()
-            state, metrics = run(state, n)
-            jax.block_until_ready(state.params)
-            row = _chunk_rows(metrics, done, config.num_envs, time.perf_counter() - t0)
-            if not np.isfinite(row["loss"]) and row["env_steps"] > config.learning_starts + (
-                2 * n * config.num_envs
-            ):
-                raise FloatingPointError(
-                    f"non-finite TD loss at env step {row['env_steps']}; the last good "
-                    f"checkpoint in {folder} is kept"
-                )
-            done += n
-            rows.append(row)
-            bar.update(n * config.num_envs)
-            recent = [r["mean_return"] for r in rows[-10:] if np.isfinite(r["mean_return"])]
-            bar.set_postfix(
-                ret=f"{np.mean(recent):.2f}" if recent else "-",
-                sps=f"{n * config.num_envs / max(row['wall_s'], 1e-9):,.0f}",
-            )
-            now = time.perf_counter()
-            if stop.requested or now - last_save >= checkpoint_every_s:
-                save("running", wall_before + now - start)
-                last_save = now
-            if stop.requested:
-                bar.close()
-                raise runs.Interrupted(
-                    f"{stop.signal_name}: checkpoint saved at env step {done * config.num_envs} "
-                    f"in {folder}; continue with --resume"
-                )
-    bar.close()
-    wall = wall_before + time.perf_counter() - start
-    scores = evaluate.evaluate_gymnax(
-        trainer.network.apply, state.params, config.env_id, eval_episodes, seed=config.seed + 1
-    )
-    random_scores = evaluate.evaluate_random(config.env_id, eval_episodes, seed=config.seed + 1)
-    manifest = checkpoint.policy_manifest(
-        "teacher",
-        config.env_id,
-        config.net,
-        envs.spec(config.env_id).num_actions,
-        config_dict,
-        status="complete",
-        env_steps=done * config.num_envs,
-        chunk_iterations=chunk_iterations,
-        wall_s=round(wall, 3),
-        metrics=rows,
-        evaluation=scores.summary(),
-        random_evaluation=random_scores.summary(),
-    )
-    checkpoint.write_checkpoint(
-        folder,
-        {checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params)},
-        manifest,
-        drop=(checkpoint.TRAIN_STATE,),
-    )
-    runs.write_metrics(folder, rows)
-    return checkpoint.load(folder)
+    @functools.partial(xla.jit, donate_argnums=(0,))
+    def store(buffer, frames, action, reward, done):
+        return replay.add(buffer, frames, action, reward, done)
 
-
-# ---------------------------------------------------------------------------- Atari host loop
+    epsilon = functools.partial(epsilon_at, config)
+    return teacher_jobs.AtariLearner(init, act, learn, store, epsilon, network.apply)
 
 
 def fit_atari(
@@ -540,203 +469,15 @@ def fit_atari(
     episodes (the episode in flight is cut) and is not bit-identical to an uninterrupted one.
     With a `mesh` (a `data` axis), parameters and replay are replicated on its devices and each
     gradient minibatch is split across them; the emulators stay on the host, the checkpoints are
-    the same files.
+    the same files. A metrics row every `log_every` vector steps.
     """
-    import time
-    from pathlib import Path
-
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from distill import checkpoint, evaluate, runs
-    from distill.config import to_dict
-
-    spec = envs.spec(config.env_id)
-    folder = Path(out)
-    config_dict = to_dict(config)
-    network = networks.build(config.net, spec.obs_shape, spec.num_actions)
-    optimizer = make_optimizer(config)
-    stack = spec.obs_shape[0]
-    # One or two updates per compiled call, not a scan: native conv gradients are the fast ones.
-    learner = networks.build(config.net, spec.obs_shape, spec.num_actions, conv_grad="native")
     mesh = sharding.for_one_run(mesh)
-    update = make_update(config, learner.apply, optimizer, stack, mesh)
-    rows = config.buffer_size // config.num_envs
-    n = config.num_envs
-
-    def init(key):
-        k_net, key = jax.random.split(key)
-        params = networks.init_params(network, k_net, spec.obs_shape, spec.obs_dtype)
-        return TrainState(
-            params=params,
-            target_params=jax.tree_util.tree_map(jnp.copy, params),  # donated apart from params
-            opt_state=optimizer.init(params),
-            replay=replay.init(rows, n, spec.obs_shape[1:], jnp.uint8),
-            env_state=jnp.zeros(()),  # the emulators live in C++ threads
-            obs=jnp.zeros((n, *spec.obs_shape), jnp.uint8),
-            episode_return=jnp.zeros(n),
-            key=key,
-            iteration=jnp.zeros((), jnp.int32),
-            updates=jnp.zeros((), jnp.int32),
-        )
-
-    @xla.jit
-    def act(params, obs, key, iteration):
-        return epsilon_greedy(key, network.apply(params, obs), epsilon_at(config, iteration * n))
-
-    @functools.partial(xla.jit, donate_argnums=(0, 1, 2, 3))
-    def learn(params, target, opt_state, buffer, key, updates):
-        losses_ = []
-        for k in jax.random.split(key, config.updates_per_step):
-            params, target, opt_state, loss = update(params, target, opt_state, buffer, k, updates)
-            updates = updates + 1
-            losses_.append(loss)
-        return params, target, opt_state, buffer, updates, jnp.mean(jnp.stack(losses_))
-
-    @functools.partial(xla.jit, donate_argnums=(0,))
-    def store(buffer, frames, action, reward, done):
-        return replay.add(buffer, frames, action, reward, done)
-
-    state = init(jax.random.PRNGKey(config.seed))
-    metrics: list[dict] = []
-    wall_before = 0.0
-    manifest = checkpoint.previous_run(
-        folder, resume, "teacher", lambda m: m.get("config") == config_dict, "another config"
+    job = teacher_jobs.AtariTeacher(
+        config,
+        make_atari_learner(config, mesh),
+        log_every,
+        mesh,
+        checkpoint_every_s=checkpoint_every_s,
+        eval_episodes=eval_episodes,
     )
-    if manifest is not None:
-        if manifest.get("status") == "complete":
-            return checkpoint.load(folder)
-        data = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
-        state = checkpoint.pytree_from_bytes(
-            data, state, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE))
-        )
-        # The episodes in flight are lost with the emulators: cut them in replay.
-        last = (state.replay.pos - 1) % rows
-        state = state._replace(
-            replay=state.replay._replace(done=state.replay.done.at[last].set(True))
-        )
-        metrics = list(manifest.get("metrics", []))
-        wall_before = float(manifest.get("wall_s", 0.0))
-
-    def save(status: str, wall: float, extra: dict | None = None) -> None:
-        manifest = checkpoint.policy_manifest(
-            "teacher",
-            config.env_id,
-            config.net,
-            spec.num_actions,
-            config_dict,
-            status=status,
-            env_steps=int(state.iteration) * n,
-            wall_s=round(wall, 3),
-            metrics=metrics,
-            **(extra or {}),
-        )
-        files = {checkpoint.PARAMS: checkpoint.pytree_to_bytes(state.params)}
-        drop = ()
-        if status != "complete":
-            files[checkpoint.TRAIN_STATE] = checkpoint.pytree_to_bytes(state)
-        else:
-            drop = (checkpoint.TRAIN_STATE,)
-        checkpoint.write_checkpoint(folder, files, manifest, drop)
-        runs.write_metrics(folder, metrics)
-
-    if mesh is not None:
-        state = sharding.replicate(state, mesh)
-    env = envs.make_atari(config.env_id, n, training=True)
-    obs = envs.reset_in_env_order(env, config.seed + int(state.iteration))
-    params, target, opt_state = state.params, state.target_params, state.opt_state
-    buffer, key, updates = state.replay, state.key, state.updates
-    iteration = int(state.iteration)
-    learning_starts_iter = config.learning_starts // n
-    episode_return = np.zeros(n)
-    finished: list[float] = []
-    loss_sum, loss_count = 0.0, 0
-    start = last_save = last_log = time.perf_counter()
-    log_start_iter = iteration
-    bar = tqdm(
-        total=config.iterations * n,
-        initial=iteration * n,
-        unit="step",
-        unit_scale=True,
-        desc=f"teacher {config.env_id}",
-        disable=not progress,
-    )
-
-    def snapshot() -> TrainState:
-        return TrainState(
-            params,
-            target,
-            opt_state,
-            buffer,
-            jnp.zeros(()),
-            jnp.asarray(obs),
-            jnp.asarray(episode_return),
-            key,
-            jnp.asarray(iteration, jnp.int32),
-            updates,
-        )
-
-    try:
-        with runs.stop_on_signals() as stop:
-            while iteration < config.iterations:
-                key, k_act, k_learn = jax.random.split(key, 3)
-                action = np.asarray(act(params, obs, k_act, iteration), dtype=np.int32)
-                env.send(action)
-                loss = None
-                if iteration >= learning_starts_iter and int(buffer.pos) > config.n_step + stack:
-                    params, target, opt_state, buffer, updates, loss = learn(
-                        params, target, opt_state, buffer, k_learn, updates
-                    )
-                next_obs, reward, terminated, truncated = envs.in_env_order(*env.recv())
-                done = terminated | truncated
-                buffer = store(buffer, obs[:, -1], action, reward.astype(np.float32), done)
-                episode_return += reward
-                finished.extend(episode_return[done].tolist())
-                episode_return[done] = 0.0
-                obs = next_obs
-                iteration += 1
-                if loss is not None:
-                    loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
-                if iteration % log_every == 0 or iteration == config.iterations:
-                    now = time.perf_counter()
-                    row = {
-                        "env_steps": iteration * n,
-                        "episodes": len(finished),
-                        "mean_return": float(np.mean(finished)) if finished else float("nan"),
-                        "loss": loss_sum / loss_count if loss_count else float("nan"),
-                        "epsilon": float(epsilon_at(config, iteration * n)),
-                        "wall_s": round(now - last_log, 3),
-                    }
-                    if loss_count and not np.isfinite(row["loss"]):
-                        raise FloatingPointError(
-                            f"non-finite TD loss at env step {iteration * n}; the last good "
-                            f"checkpoint in {folder} is kept"
-                        )
-                    metrics.append(row)
-                    bar.update((iteration - log_start_iter) * n)
-                    bar.set_postfix(
-                        ret=f"{row['mean_return']:.2f}",
-                        sps=f"{(iteration - log_start_iter) * n / max(now - last_log, 1e-9):,.0f}",
-                    )
-                    finished, loss_sum, loss_count = [], 0.0, 0
-                    last_log, log_start_iter = now, iteration
-                now = time.perf_counter()
-                if stop.requested or now - last_save >= checkpoint_every_s:
-                    state = snapshot()
-                    save("running", wall_before + now - start)
-                    last_save = now
-                if stop.requested:
-                    raise runs.Interrupted(
-                        f"{stop.signal_name}: checkpoint saved at env step {iteration * n} in "
-                        f"{folder}; continue with --resume"
-                    )
-    finally:
-        bar.close()
-        env.close()
-    state = snapshot()
-    wall = wall_before + time.perf_counter() - start
-    scores = evaluate.evaluate_atari(
-        network.apply, params, config.env_id, eval_episodes, seed=config.seed + 1
-    )
-    save("complete", wall, {"evaluation": scores.summary()})
-    return checkpoint.load(folder)
+    return jobs.run(job, out, resume=resume, progress=progress)

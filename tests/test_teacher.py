@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import distill
-from distill import checkpoint, evaluate, runs, teacher
+from distill import checkpoint, evaluate, runs, teacher, teacher_jobs
 from distill.config import ConfigError
 
 ENV = "CartPole-v1"
@@ -273,7 +273,7 @@ def test_fit_interrupted_then_resumed_is_bit_identical(tmp_path, monkeypatch, fa
     kw = dict(chunk_iterations=CHUNK, progress=False)
 
     # SIGTERM arrives during the first chunk: fit saves a checkpoint after it and stops
-    chunk_rows = teacher._chunk_rows
+    chunk_rows = teacher_jobs.chunk_rows
     handler_before = signal.getsignal(signal.SIGTERM)
     calls = []
 
@@ -284,7 +284,7 @@ def test_fit_interrupted_then_resumed_is_bit_identical(tmp_path, monkeypatch, fa
         return chunk_rows(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(teacher, "_chunk_rows", chunk_rows_then_sigterm)
+        m.setattr(teacher_jobs, "chunk_rows", chunk_rows_then_sigterm)
         with pytest.raises(runs.Interrupted, match="^SIGTERM: checkpoint saved at env step 400"):
             teacher.fit(config, str(tmp_path / "cut"), **kw)
     assert signal.getsignal(signal.SIGTERM) == handler_before  # fit restored the handler
