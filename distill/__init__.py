@@ -6,6 +6,7 @@ KL(tau) losses (`distill.student`), and evaluate them in the env (`distill.evalu
 `distill.load(path)` opens any teacher or student checkpoint.
 """
 
+from distill import families  # noqa: F401  (registers the env families that envs.spec knows)
 from distill.checkpoint import CheckpointError, Policy, load
 from distill.config import ConfigError
 

@@ -172,20 +172,35 @@ def action_names(env_id: str) -> tuple[str, ...]:
     return tuple(f"a{i}" for i in range(spec(env_id).num_actions))
 
 
+# (family name, owns(env_id) -> bool, spec(env_id) -> EnvSpec), in registration order; filled by
+# distill.families.register, which `import distill` runs for the built-in families.
+_KINDS: list[tuple[str, Any, Any]] = []
+
+
+def register_kind(family: str, owns, spec_of) -> None:
+    """Let `spec` answer for the ids a family owns (called by `distill.families.register`)."""
+    _KINDS.append((family, owns, spec_of))
+    spec.cache_clear()
+
+
+def unregister_kind(family: str) -> None:
+    """Forget a family's ids (for tests that register a throwaway family)."""
+    _KINDS[:] = [k for k in _KINDS if k[0] != family]
+    spec.cache_clear()
+
+
 @functools.cache
 def spec(env_id: str) -> EnvSpec:
     """The `EnvSpec` of an id, from the env family that owns it (`distill.families`).
 
     An unknown id raises ValueError listing close matches.
     """
-    from distill import families  # the registry imports this module
-
     if not isinstance(env_id, str):
         raise ValueError(f"env id must be a string; got {env_id!r}")
-    family = families.owner(env_id)
-    if family is None:
-        raise _unknown(env_id)
-    return dataclasses.replace(family.spec(env_id), family=family.name)
+    for family, owns, spec_of in _KINDS:
+        if owns(env_id):
+            return dataclasses.replace(spec_of(env_id), family=family)
+    raise _unknown(env_id)
 
 
 def gymnax_spec(env_id: str) -> EnvSpec:

@@ -44,11 +44,18 @@ FAMILIES: dict[str, Family] = {}
 
 
 def register(family: Family) -> Family:
-    """Add a family to the registry (its name must be new)."""
+    """Add a family to the registry (its name must be new); `envs.spec` then knows its ids."""
     if family.name in FAMILIES:
         raise ValueError(f"env family {family.name!r} is already registered")
     FAMILIES[family.name] = family
+    envs.register_kind(family.name, family.owns, family.spec)
     return family
+
+
+def unregister(name: str) -> None:
+    """Remove a family (for tests that register a throwaway one)."""
+    FAMILIES.pop(name)
+    envs.unregister_kind(name)
 
 
 def owner(env_id: str) -> Family | None:

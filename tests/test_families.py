@@ -53,7 +53,6 @@ def test_networks_come_from_the_family_not_the_shape():
         )
     )
     try:
-        envs.spec.cache_clear()
         spec = envs.spec("Test-v0")
         assert spec.family == "test-family" and spec.obs_shape == (10, 10, 4)
         assert families.of("Test-v0") is family
@@ -63,8 +62,7 @@ def test_networks_come_from_the_family_not_the_shape():
         with pytest.raises(ValueError, match="choose one of"):
             families.build_network("Test-v0", "net3")
     finally:
-        del families.FAMILIES["test-family"]
-        envs.spec.cache_clear()
+        families.unregister("test-family")
     with pytest.raises(ValueError, match="unknown env id 'Test-v0'"):
         envs.spec("Test-v0")
 
