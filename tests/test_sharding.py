@@ -197,8 +197,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(mode: str, out: Path, devices: int, *extra) -> subprocess.Popen:
-    env = dict(os.environ)
+def start(mode: str, out: Path, devices: int, *extra, **environ: str) -> subprocess.Popen:
+    env = dict(os.environ, **environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" {sharding.FORCE_FLAG}={devices}").strip()
     env["JAX_PLATFORMS"] = "cpu"
     return subprocess.Popen(
@@ -219,7 +219,12 @@ class Runs:
         self.procs = {
             "student": start("student", folder / "student.json", 4),
             "teacher": start("teacher", folder / "teacher.json", 4),
-            "multitask": start("multitask", folder / "multitask.json", 4),
+            # Without distill.xla's CPU option: YNNPACK picks its dot kernels by shape, and a
+            # seed's share of the vmapped program (1 of 4) rounds differently from the whole;
+            # after 200 RMSProp updates the multi-task losses then differ by about 6e-4
+            # (measured on jaxlib 0.10.2), where without it they agree to 1 ulp. The option
+            # is CPU-only (distill/xla.py) and checked on its own in tests/test_xla.py.
+            "multitask": start("multitask", folder / "multitask.json", 4, DISTILL_XLA_OPTIONS="0"),
             **{
                 f"process{i}": start("distributed", folder / f"process{i}.json", 2, port, 2, i)
                 for i in range(2)
