@@ -7,8 +7,11 @@ KL(tau) losses (`distill.student`), and evaluate them in the env (`distill.evalu
 """
 
 from distill import families  # noqa: F401  (registers the env families that envs.spec knows)
+from distill import xla as _xla
 from distill.checkpoint import CheckpointError, Policy, load
 from distill.config import ConfigError
 
 __version__ = "0.1.0"
 __all__ = ["CheckpointError", "ConfigError", "Policy", "load", "__version__"]
+
+_xla.enable_compilation_cache()  # compiled programs persist across processes (distill.xla)
