@@ -12,16 +12,17 @@ A verdict is one of `VERDICTS`, decided from intervals only, by these rules:
   lies below p;
 - a claim of several parts is contradicted when any part is, reproduced when every part is,
   unresolved otherwise;
-- a part whose groups have a game with a single run is unresolved at this budget whatever its
-  interval (the bootstrap cannot see the run-to-run spread of one run: its interval collapses);
-  so is a part whose stage or groups are missing from the results;
+- a part whose groups have a game with fewer than `MIN_RUNS` (3) runs is unresolved at this
+  budget whatever its interval: the bootstrap of one run collapses to the point, and that of two
+  runs can only draw their min, mean and max, which understates the run-to-run spread; so is a
+  part whose stage or groups are missing from the results;
 - "the online student is more stable than its teacher": stability is the spread (std of the
   evaluations over the second half of the run) and the worst drop between two successive
-  evaluations, as `distill.online.stability` defines them. With several runs, the difference
-  teacher - student of each is bootstrapped over runs, and the claim is reproduced when both
-  intervals lie above 0, contradicted when both lie below, unresolved otherwise. With one run
-  it is unresolved: the rounds of one run are a time series, not exchangeable samples, so a
-  bootstrap over them would give intervals that are too narrow.
+  evaluations, as `distill.online.stability` defines them. With `MIN_RUNS` runs or more, the
+  difference teacher - student of each is bootstrapped over runs, and the claim is reproduced
+  when both intervals lie above 0, contradicted when both lie below, unresolved otherwise. With
+  fewer it is unresolved; with one run we do not bootstrap over its rounds instead: they are a
+  time series, not exchangeable samples, so such intervals would be too narrow.
 
 The teachers' reference scores are taken as exact here (issue 17 item 2 measures them to a
 standard error of at most 3 %).
@@ -39,6 +40,7 @@ from distill import stats
 
 VERDICTS = ("reproduced", "contradicted", "unresolved at this budget")
 REPRODUCED, CONTRADICTED, UNRESOLVED = VERDICTS
+MIN_RUNS = 3  # fewer runs in a game leave a comparison unresolved (see the rules above)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,9 @@ class Claim:
     stage: str  # the stage of results.json it is judged on
     parts: tuple[Part, ...]
 
+
+# Sec. 5.3: geometric mean % of the single-game teachers over 3 Atari games
+PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 116.9}
 
 CLAIMS = (
     Claim(
@@ -115,14 +120,14 @@ def _above(est: dict, level: float) -> str:
     return UNRESOLVED
 
 
-def _part(part: Part, summary: dict | None) -> tuple[str, str]:
+def _part(part: Part, summary: dict) -> tuple[str, str]:
     """(verdict, evidence) of one part, from the stage's summary."""
-    groups = (summary or {}).get("groups", {})
+    groups = summary["groups"]
     names = [n for n in (part.x, part.y) if n is not None and n != stats.REFERENCE]
     missing = [n for n in names if n not in groups]
-    if summary is None or missing:
-        return UNRESOLVED, f"no results for {', '.join(missing) or 'this stage'}"
-    single = [n for n in names if groups[n]["runs"] < 2]
+    if missing:
+        return UNRESOLVED, f"no results for {', '.join(missing)}"
+    few = [n for n in names if groups[n]["runs"] < MIN_RUNS]
     if part.kind == "greater":
         est = next(
             p for p in summary["improvement"] if (p["x"], p["y"]) == (part.x, part.y)
@@ -137,9 +142,10 @@ def _part(part: Part, summary: dict | None) -> tuple[str, str]:
             verdict = CONTRADICTED if est["hi"] < part.value else REPRODUCED
             verdict = verdict if np.isfinite([est["lo"], est["hi"]]).all() else UNRESOLVED
             text += f" (paper {part.value} %)"
-    if single:
+    if few:
         verdict = UNRESOLVED
-        text += f", but {' and '.join(single)} has one run per game (its spread is unknown)"
+        runs = " and ".join(f"{n} {groups[n]['runs']}" for n in few)
+        text += f", but runs per game: {runs} (fewer than {MIN_RUNS})"
     return verdict, text
 
 
@@ -176,7 +182,7 @@ def online_verdict(online: dict | None, reps: int = stats.REPS, seed: int = 0) -
         s = stability([r["student_score"] for r in rs])
         for k in diff:
             diff[k].append(t[k] - s[k])
-    if len(runs) < 2:
+    if len(runs) == 1:
         evidence = (
             f"one run: spread {s['spread']:.2f} (student) vs {t['spread']:.2f} (teacher), "
             f"worst drop {s['worst_drop']:.2f} vs {t['worst_drop']:.2f}; no interval"
@@ -187,6 +193,8 @@ def online_verdict(online: dict | None, reps: int = stats.REPS, seed: int = 0) -
     }
     verdict = combine([_above(e, 0.0) for e in ests.values()])
     evidence = "; ".join(f"teacher - student {k} = {_fmt(e, 2)}" for k, e in ests.items())
+    if len(runs) < MIN_RUNS:
+        verdict, evidence = UNRESOLVED, f"{evidence} (fewer than {MIN_RUNS} runs)"
     return {**out, "verdict": verdict, "evidence": f"{len(runs)} runs: {evidence}"}
 
 
@@ -198,12 +206,14 @@ def verdicts(
     summaries = stats.summarise(results, reps, seed) if summaries is None else summaries
     out = []
     for c in CLAIMS:
-        parts = [_part(p, summaries.get(c.stage)) for p in c.parts]
+        out_c = {"claim": c.name, "paper": c.paper, "stage": c.stage}
+        if c.stage not in summaries:
+            out.append({**out_c, "verdict": UNRESOLVED, "evidence": f"no {c.stage} results"})
+            continue
+        parts = [_part(p, summaries[c.stage]) for p in c.parts]
         out.append(
             {
-                "claim": c.name,
-                "paper": c.paper,
-                "stage": c.stage,
+                **out_c,
                 "verdict": combine([v for v, _ in parts]),
                 "evidence": "; ".join(f"{e} ({v})" if len(parts) > 1 else e for v, e in parts),
             }
@@ -259,9 +269,12 @@ def render_markdown(summaries: dict, verdicts: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paper_levels() -> dict[str, float]:
-    """`{group: the paper's %}` of the "at" claims (the compression nets)."""
-    return {p.x: p.value for c in CLAIMS for p in c.parts if p.kind == "at"}
+def paper_levels(stage: str = "compression") -> dict[str, float]:
+    """`{group: the paper's geometric mean %}` of a stage: the "at" claims' levels
+    (compression), `PAPER_MULTITASK` (multitask); empty for other stages."""
+    if stage == "multitask":
+        return dict(PAPER_MULTITASK)
+    return {p.x: p.value for c in CLAIMS if c.stage == stage for p in c.parts if p.kind == "at"}
 
 
 def load_results(path: str | Path) -> dict:
@@ -291,7 +304,7 @@ def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]
     (out / "stats.json").write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
     written = [out / "stats.md", out / "stats.json"]
     for name, s in summaries.items():
-        figs = {"intervals": plotting_stats.interval_figure(s, paper_levels())}
+        figs = {"intervals": plotting_stats.interval_figure(s, paper_levels(name))}
         if name == "losses":
             figs["profile"] = plotting_stats.profile_figure(s)
         for kind, fig in figs.items():

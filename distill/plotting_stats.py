@@ -33,7 +33,7 @@ def interval_figure(summary: dict, paper: dict[str, float] | None = None):
         if paper and key == "geometric_mean":
             pts = [(v, i) for i, g in enumerate(groups) if (v := paper.get(g)) is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), "r*", ms=10, label="paper")
+                ax.plot(*zip(*pts, strict=True), "r*", ms=10, label="paper (Atari)")
                 ax.legend(fontsize=7, loc="best")
         ax.set_yticks(y)
         ax.set_yticklabels(groups if ax is axes[0] else [])

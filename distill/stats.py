@@ -46,7 +46,7 @@ AGGREGATE_COLUMNS = (
 )
 LEVEL = 0.95
 GROUP_KEYS = ("loss", "net", "method")  # the keys a stage's rows are grouped by
-REFERENCE = "teacher score"  # the pseudo-group of the teachers' reference scores (100 %)
+REFERENCE = "teacher's score"  # the pseudo-group of the teachers' reference scores (100 %)
 # the pairs P(X > Y) is reported for, per stage (X first); each group is also compared with the
 # teacher's reference score
 PAIRS = {
