@@ -290,6 +290,15 @@ def load_results(path: str | Path) -> dict:
     return data["results"]
 
 
+def _finite(x):
+    """A copy of a JSON-like value with nan and inf as None (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not np.isfinite(x) else x
+
+
 def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]:
     """stats.md, stats.json and the figures (per stage: `<stage>_intervals.png`, and
     `<stage>_profile.png` for the loss comparison) in `out`; the paths written."""
@@ -300,8 +309,8 @@ def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "stats.md").write_text(render_markdown(summaries, verdicts_))
-    doc = {"summaries": summaries, "verdicts": verdicts_}
-    (out / "stats.json").write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
+    doc = _finite({"summaries": summaries, "verdicts": verdicts_})
+    (out / "stats.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     written = [out / "stats.md", out / "stats.json"]
     for name, s in summaries.items():
         figs = {"intervals": plotting_stats.interval_figure(s, paper_levels(name))}
@@ -318,10 +327,18 @@ def stats_command(
     path: str | Path, out: str | Path | None = None, reps: int = stats.REPS, seed: int = 0
 ) -> str:
     """`distill stats`: the markdown of a results.json's intervals and verdicts (and, with
-    `out`, the files of `write`)."""
+    `out`, the files of `write`). ConfigError (one line) for a file that is not a results.json
+    or an `out` that is a file."""
+    from distill.config import ConfigError
+
     results = load_results(path)
-    summaries = stats.summarise(results, reps, seed)
-    found = verdicts(results, summaries, reps, seed)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    try:
+        summaries = stats.summarise(results, reps, seed)
+        found = verdicts(results, summaries, reps, seed)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path}: malformed results ({type(e).__name__}: {e})") from e
     text = render_markdown(summaries, found)
     if out is not None:
         names = ", ".join(p.name for p in write(summaries, found, out))

@@ -461,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="95 %% bootstrap intervals and the paper's claims' verdicts")
     s.add_argument("results", help="a results.json of distill reproduce")
     s.add_argument("--out", help="folder for stats.md, stats.json and the figures")
-    s.add_argument("--reps", type=_positive_int, default=2000, help="bootstrap resamples")
+    s.add_argument(
+        "--reps", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)"
+    )
     s.add_argument("--seed", type=cliconf.integer, default=0, help="bootstrap seed (default 0)")
     s.set_defaults(func=cmd_stats)
     return p

@@ -314,6 +314,14 @@ def test_stats_missing_or_invalid_results_exit_2_with_one_line(capsys, tmp_path)
         bad.write_text(text)
         assert cli.main(["stats", str(bad)]) == cli.EXIT_USAGE
         assert "\n" not in capsys.readouterr().err.strip()
+    bad.write_text(
+        '{"results": {"losses": {"rows": [{"game": "A", "loss": "kl", "percent_of_teacher": 1}]}}}'
+    )
+    assert cli.main(["stats", str(bad)]) == cli.EXIT_USAGE
+    assert "malformed" in capsys.readouterr().err
+    bad.write_text('{"results": {}}')
+    assert cli.main(["stats", str(bad), "--out", str(bad)]) == cli.EXIT_USAGE
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_stats_prints_intervals_and_verdicts_and_writes_out(capsys, tmp_path):

@@ -327,6 +327,10 @@ def test_write_puts_the_report_data_and_figures_in_out(tmp_path):
     doc = json.loads((tmp_path / "stats.json").read_text())
     assert doc["summaries"]["losses"]["groups"]["kl"]["runs"] == 3
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+    assert claims._finite({"a": [float("nan"), 1.0], "b": float("inf")}) == {
+        "a": [None, 1.0],
+        "b": None,
+    }
 
 
 def test_figures_label_their_axes():
