@@ -63,16 +63,16 @@ def test_performance_profile_by_hand():
 
 def test_a_known_distribution_is_covered_about_95_percent_of_the_time():
     """Normal scores, 2 games x 30 runs: the 95 % interval of the mean covers the true mean in
-    about 95 % of 200 repeated experiments (binomial sd 1.5 %; the percentile interval of a
-    mean of 60 runs under-covers a little)."""
+    about 95 % of 500 repeated experiments (binomial sd 1 %; the percentile interval
+    under-covers a little at 30 runs, about 94 %; these 500 give 92.4 %, 1000 more 94.2 %)."""
     rng = np.random.default_rng(0)
     true_means = {"A": 80.0, "B": 120.0}
     covered = 0
-    for i in range(200):
+    for i in range(500):
         scores = {g: rng.normal(m, 15.0, size=30) for g, m in true_means.items()}
         est = stats.interval(scores, stats.mean, reps=1000, seed=i)
         covered += est["lo"] <= 100.0 <= est["hi"]
-    assert 0.89 <= covered / 200 <= 0.99, covered
+    assert 0.90 <= covered / 500 <= 0.98, covered
 
 
 def test_all_runs_equal_gives_a_zero_width_interval():
