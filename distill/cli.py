@@ -221,6 +221,13 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_stats(args) -> int:
+    from distill import claims
+
+    print(claims.stats_command(args.results, args.out, args.reps, args.seed), end="")
+    return 0
+
+
 def cmd_explain(args) -> int:
     from distill import checkpoint, dataset, envs, explain
     from distill.config import ConfigError
@@ -450,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
         s, explain.LinearConfig, skip=("seed",), title="the linear student (with --dataset)"
     )
     s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("stats", help="95 %% bootstrap intervals and the paper's claims' verdicts")
+    s.add_argument("results", help="a results.json of distill reproduce")
+    s.add_argument("--out", help="folder for stats.md, stats.json and the figures")
+    s.add_argument(
+        "--reps", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)"
+    )
+    s.add_argument("--seed", type=cliconf.integer, default=0, help="bootstrap seed (default 0)")
+    s.set_defaults(func=cmd_stats)
     return p
 
 

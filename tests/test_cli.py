@@ -303,3 +303,40 @@ def test_bad_budget_field_exits_2_naming_it(capsys):
     assert cli.main(["experiment", "losses", "--updates", "150", "--out", "x"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "updates=150" in err and "eval_every" in err
+
+
+def test_stats_missing_or_invalid_results_exit_2_with_one_line(capsys, tmp_path):
+    assert cli.main(["stats", str(tmp_path / "nope.json")]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distill stats: error:") and "nope.json" in err and "\n" not in err
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", '{"meta": {}}', "[1, 2]"):
+        bad.write_text(text)
+        assert cli.main(["stats", str(bad)]) == cli.EXIT_USAGE
+        assert "\n" not in capsys.readouterr().err.strip()
+    bad.write_text(
+        '{"results": {"losses": {"rows": [{"game": "A", "loss": "kl", "percent_of_teacher": 1}]}}}'
+    )
+    assert cli.main(["stats", str(bad)]) == cli.EXIT_USAGE
+    assert "malformed" in capsys.readouterr().err
+    bad.write_text('{"results": {}}')
+    assert cli.main(["stats", str(bad), "--out", str(bad)]) == cli.EXIT_USAGE
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_stats_prints_intervals_and_verdicts_and_writes_out(capsys, tmp_path):
+    rows = [
+        {"game": g, "seed": s, "loss": loss, "net": "teacher", "percent_of_teacher": v + s}
+        | {"random_normalised": (v + s) / 100}
+        for g in ("A", "B")
+        for loss, v in (("nll", 95.0), ("mse", 60.0), ("kl", 110.0))
+        for s in range(3)
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"meta": {}, "results": {"losses": {"rows": rows}}}))
+    out = tmp_path / "stats"
+    argv = ["stats", str(path), "--out", str(out), "--reps", "100", "--seed", "1"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| kl | nll | 1.00 [1.00, 1.00] |" in text and "*reproduced*" in text
+    assert {p.name for p in out.iterdir()} >= {"stats.md", "stats.json", "losses_profile.png"}

@@ -1,0 +1,346 @@
+"""The paper's claims as data, and a verdict on each from the bootstrap intervals of stats.py.
+
+A verdict is one of `VERDICTS`, decided from intervals only, by these rules:
+
+- "A > B" (and "A >= B": an interval cannot show equality, so the strict part is tested):
+  reproduced when the interval of P(A > B) lies above 0.5, contradicted when it lies below 0.5,
+  unresolved when it contains 0.5;
+- "A beats its teacher": the same rule on the interval of A's geometric mean % of teacher
+  against 100;
+- "A at p %" (the paper's level): reproduced when the interval of A's geometric mean % of
+  teacher contains p or lies above it (as good as the paper's student), contradicted when it
+  lies below p;
+- a claim of several parts is contradicted when any part is, reproduced when every part is,
+  unresolved otherwise;
+- a part whose groups have a game with fewer than `MIN_RUNS` (3) runs is unresolved at this
+  budget whatever its interval: the bootstrap of one run collapses to the point, and that of two
+  runs can only draw their min, mean and max, which understates the run-to-run spread; so is a
+  part whose stage or groups are missing from the results;
+- "the online student is more stable than its teacher": stability is the spread (std of the
+  evaluations over the second half of the run) and the worst drop between two successive
+  evaluations, as `distill.online.stability` defines them. With `MIN_RUNS` runs or more, the
+  difference teacher - student of each is bootstrapped over runs, and the claim is reproduced
+  when both intervals lie above 0, contradicted when both lie below, unresolved otherwise. With
+  fewer it is unresolved; with one run we do not bootstrap over its rounds instead: they are a
+  time series, not exchangeable samples, so such intervals would be too narrow.
+
+The teachers' reference scores are taken as exact here (issue 17 item 2 measures them to a
+standard error of at most 3 %).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distill import stats
+
+VERDICTS = ("reproduced", "contradicted", "unresolved at this budget")
+REPRODUCED, CONTRADICTED, UNRESOLVED = VERDICTS
+MIN_RUNS = 3  # fewer runs in a game leave a comparison unresolved (see the rules above)
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One comparison of a claim: `x` above `y` (a group or stats.REFERENCE, kind "greater"),
+    `x`'s geometric mean above 100 % ("beats_teacher"), or `x` at the paper's `value` % ("at")."""
+
+    kind: str  # "greater" | "beats_teacher" | "at"
+    x: str
+    y: str | None = None
+    value: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    name: str
+    paper: str  # the paper's numbers and where they are
+    stage: str  # the stage of results.json it is judged on
+    parts: tuple[Part, ...]
+
+
+# Sec. 5.3: geometric mean % of the single-game teachers over 3 Atari games
+PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 116.9}
+
+CLAIMS = (
+    Claim(
+        "KL >= NLL > MSE (same-size students)",
+        "Sec. 5.1: KL (tau 0.01) best, NLL next, MSE last (Atari games)",
+        "losses",
+        (Part("greater", "kl", "nll"), Part("greater", "nll", "mse")),
+    ),
+    Claim(
+        "same-size KL student beats its teacher",
+        "Sec. 5.1: a same-size KL student can score above 100 % of its DQN teacher",
+        "losses",
+        (Part("beats_teacher", "kl"),),
+    ),
+    *(
+        Claim(
+            f"{net} at {value} % of the teacher",
+            f"Sec. 5.2, Table 2: {net} ({params}) keeps {value} % (geometric mean, 10 games)",
+            "compression",
+            (Part("at", net, value=value),),
+        )
+        for net, params, value in (
+            ("net1", "25 % of the parameters", 108.3),
+            ("net2", "7 %", 101.7),
+            ("net3", "4 %", 83.9),
+        )
+    ),
+    Claim(
+        "multi-task KL 116.9 % > NLL 105.1 % > multi-task DQN 83.5 %",
+        "Sec. 5.3: one network distilled from 3 teachers, geometric mean % of teacher",
+        "multitask",
+        (
+            Part("greater", "distilled-kl", "distilled-nll"),
+            Part("greater", "distilled-nll", "multi-dqn"),
+        ),
+    ),
+)
+ONLINE_CLAIM = "online student more stable than its teacher"
+ONLINE_PAPER = "Sec. 5.4: the online student is more stable than its teacher (no numbers)"
+
+
+def _fmt(est: dict, digits: int = 1) -> str:
+    return f"{est['point']:.{digits}f} [{est['lo']:.{digits}f}, {est['hi']:.{digits}f}]"
+
+
+def _above(est: dict, level: float) -> str:
+    """The rule of every "greater" comparison: the interval above, below or around `level`."""
+    if not np.isfinite([est["lo"], est["hi"]]).all():
+        return UNRESOLVED
+    if est["lo"] > level:
+        return REPRODUCED
+    if est["hi"] < level:
+        return CONTRADICTED
+    return UNRESOLVED
+
+
+def _part(part: Part, summary: dict) -> tuple[str, str]:
+    """(verdict, evidence) of one part, from the stage's summary."""
+    groups = summary["groups"]
+    names = [n for n in (part.x, part.y) if n is not None and n != stats.REFERENCE]
+    missing = [n for n in names if n not in groups]
+    if missing:
+        return UNRESOLVED, f"no results for {', '.join(missing)}"
+    few = [n for n in names if groups[n]["runs"] < MIN_RUNS]
+    if part.kind == "greater":
+        est = next(
+            p for p in summary["improvement"] if (p["x"], p["y"]) == (part.x, part.y)
+        )  # stats.PAIRS lists every pair a claim compares
+        verdict, text = _above(est, 0.5), f"P({part.x} > {part.y}) = {_fmt(est, 2)}"
+    else:
+        est = groups[part.x]["geometric_mean"]
+        text = f"{part.x} geometric mean = {_fmt(est)} % of teacher"
+        if part.kind == "beats_teacher":
+            verdict = _above(est, 100.0)
+        else:
+            verdict = CONTRADICTED if est["hi"] < part.value else REPRODUCED
+            verdict = verdict if np.isfinite([est["lo"], est["hi"]]).all() else UNRESOLVED
+            text += f" (paper {part.value} %)"
+    if few:
+        verdict = UNRESOLVED
+        runs = " and ".join(f"{n} {groups[n]['runs']}" for n in few)
+        text += f", but runs per game: {runs} (fewer than {MIN_RUNS})"
+    return verdict, text
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim's verdict from its parts' (see the module's rules)."""
+    if CONTRADICTED in verdicts:
+        return CONTRADICTED
+    return REPRODUCED if all(v == REPRODUCED for v in verdicts) else UNRESOLVED
+
+
+def stability(scores) -> dict:
+    """`{"spread", "worst_drop"}` of one run's evaluations: distill.online.stability's
+    definitions (a test checks they agree), without importing the training modules."""
+    s = np.asarray(scores, dtype=float)
+    drops = s[:-1] - s[1:]
+    return {
+        "spread": float(np.std(s[len(s) // 2 :])),
+        "worst_drop": float(max(drops.max(initial=0.0), 0.0)),
+    }
+
+
+def online_verdict(online: dict | None, reps: int = stats.REPS, seed: int = 0) -> dict:
+    """The stability claim from the online stage's per-round rows (one run per seed)."""
+    out = {"claim": ONLINE_CLAIM, "paper": ONLINE_PAPER, "stage": "online"}
+    rows = (online or {}).get("rows", [])
+    if not rows:
+        return {**out, "verdict": UNRESOLVED, "evidence": "no online results"}
+    runs: dict = {}
+    for r in sorted(rows, key=lambda r: r["round"]):
+        runs.setdefault(r.get("seed", 0), []).append(r)
+    diff = {"spread": [], "worst_drop": []}  # teacher - student, per run
+    for rs in runs.values():
+        t = stability([r["teacher_score"] for r in rs])
+        s = stability([r["student_score"] for r in rs])
+        for k in diff:
+            diff[k].append(t[k] - s[k])
+    if len(runs) == 1:
+        evidence = (
+            f"one run: spread {s['spread']:.2f} (student) vs {t['spread']:.2f} (teacher), "
+            f"worst drop {s['worst_drop']:.2f} vs {t['worst_drop']:.2f}; no interval"
+        )
+        return {**out, "verdict": UNRESOLVED, "evidence": evidence}
+    ests = {
+        k: stats.interval({"run": np.array(v)}, stats.mean, reps, seed) for k, v in diff.items()
+    }
+    verdict = combine([_above(e, 0.0) for e in ests.values()])
+    evidence = "; ".join(f"teacher - student {k} = {_fmt(e, 2)}" for k, e in ests.items())
+    if len(runs) < MIN_RUNS:
+        verdict, evidence = UNRESOLVED, f"{evidence} (fewer than {MIN_RUNS} runs)"
+    return {**out, "verdict": verdict, "evidence": f"{len(runs)} runs: {evidence}"}
+
+
+def verdicts(
+    results: dict, summaries: dict | None = None, reps: int = stats.REPS, seed: int = 0
+) -> list[dict]:
+    """`[{claim, paper, stage, verdict, evidence}]` for every claim, from a results.json's
+    "results" (summarised here unless `summaries` from stats.summarise are given)."""
+    summaries = stats.summarise(results, reps, seed) if summaries is None else summaries
+    out = []
+    for c in CLAIMS:
+        out_c = {"claim": c.name, "paper": c.paper, "stage": c.stage}
+        if c.stage not in summaries:
+            out.append({**out_c, "verdict": UNRESOLVED, "evidence": f"no {c.stage} results"})
+            continue
+        parts = [_part(p, summaries[c.stage]) for p in c.parts]
+        out.append(
+            {
+                **out_c,
+                "verdict": combine([v for v, _ in parts]),
+                "evidence": "; ".join(f"{e} ({v})" if len(parts) > 1 else e for v, e in parts),
+            }
+        )
+    out.append(online_verdict(results.get("online"), reps, seed))
+    return out
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def render_markdown(summaries: dict, verdicts: list[dict]) -> str:
+    """A markdown section: per stage, the aggregates with their intervals and P(X > Y); then one
+    verdict line per claim."""
+    lines = ["## Interval estimates", ""]
+    if summaries:
+        any_s = next(iter(summaries.values()))
+        lines += [
+            f"Point estimates with {100 * any_s['level']:.0f} % percentile intervals [lo, hi] "
+            f"from a stratified bootstrap over runs (seeds) within each game ({any_s['reps']} "
+            f"resamples, seed {any_s['seed']}; Agarwal et al. 2021). IQM: the mean of the middle "
+            "half of all runs x games; geometric mean: over games of the per-game mean % of "
+            "teacher (the paper's aggregate); random-normalised: 0 = random, 1 = teacher. The "
+            "teachers' reference scores are taken as exact.",
+            "",
+        ]
+    for name, s in summaries.items():
+        lines += [f"### {name}", ""]
+        header = [" / ".join(s["by"]), "games x runs", *(c[1] for c in stats.AGGREGATE_COLUMNS)]
+        rows = [
+            [
+                g,
+                f"{v['games']} x {v['runs']}",
+                *(_fmt(v[k], d) for k, _, d in stats.AGGREGATE_COLUMNS),
+            ]
+            for g, v in s["groups"].items()
+        ]
+        lines += [*_table(header, rows), ""]
+        if s["improvement"]:
+            rows = [[p["x"], p["y"], _fmt(p, 2)] for p in s["improvement"]]
+            lines += [*_table(["X", "Y", "P(X > Y)"], rows), ""]
+    lines += ["## Verdicts", ""]
+    for v in verdicts:
+        lines.append(f"- **{v['claim']}** ({v['paper']}): *{v['verdict']}*. {v['evidence']}.")
+    return "\n".join(lines) + "\n"
+
+
+def paper_levels(stage: str = "compression") -> dict[str, float]:
+    """`{group: the paper's geometric mean %}` of a stage: the "at" claims' levels
+    (compression), `PAPER_MULTITASK` (multitask); empty for other stages."""
+    if stage == "multitask":
+        return dict(PAPER_MULTITASK)
+    return {p.x: p.value for c in CLAIMS if c.stage == stage for p in c.parts if p.kind == "at"}
+
+
+def load_results(path: str | Path) -> dict:
+    """The "results" of a results.json; ConfigError (one line) when missing or not one."""
+    from distill.config import ConfigError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read a results.json ({type(e).__name__})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ConfigError(f'{path}: not a results.json (no "results" object)')
+    return data["results"]
+
+
+def _finite(x):
+    """A copy of a JSON-like value with nan and inf as None (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not np.isfinite(x) else x
+
+
+def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]:
+    """stats.md, stats.json and the figures (per stage: `<stage>_intervals.png`, and
+    `<stage>_profile.png` for the loss comparison) in `out`; the paths written."""
+    import matplotlib.pyplot as plt
+
+    from distill import plotting_stats
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.md").write_text(render_markdown(summaries, verdicts_))
+    doc = _finite({"summaries": summaries, "verdicts": verdicts_})
+    (out / "stats.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    written = [out / "stats.md", out / "stats.json"]
+    for name, s in summaries.items():
+        figs = {"intervals": plotting_stats.interval_figure(s, paper_levels(name))}
+        if name == "losses":
+            figs["profile"] = plotting_stats.profile_figure(s)
+        for kind, fig in figs.items():
+            written.append(out / f"{name}_{kind}.png")
+            fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+            plt.close(fig)
+    return written
+
+
+def stats_command(
+    path: str | Path, out: str | Path | None = None, reps: int = stats.REPS, seed: int = 0
+) -> str:
+    """`distill stats`: the markdown of a results.json's intervals and verdicts (and, with
+    `out`, the files of `write`). ConfigError (one line) for a file that is not a results.json
+    or an `out` that is a file."""
+    from distill.config import ConfigError
+
+    results = load_results(path)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    try:
+        summaries = stats.summarise(results, reps, seed)
+        found = verdicts(results, summaries, reps, seed)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path}: malformed results ({type(e).__name__}: {e})") from e
+    text = render_markdown(summaries, found)
+    if out is not None:
+        names = ", ".join(p.name for p in write(summaries, found, out))
+        text += f"\nwritten to {out}: {names}\n"
+    return text
