@@ -31,12 +31,13 @@ standard error of at most 3 %).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from distill import stats
+from distill import checkpoint, stats
 
 VERDICTS = ("reproduced", "contradicted", "unresolved at this budget")
 REPRODUCED, CONTRADICTED, UNRESOLVED = VERDICTS
@@ -308,9 +309,11 @@ def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.md").write_text(render_markdown(summaries, verdicts_))
+    checkpoint.atomic_write_text(out / "stats.md", render_markdown(summaries, verdicts_))
     doc = _finite({"summaries": summaries, "verdicts": verdicts_})
-    (out / "stats.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    checkpoint.atomic_write_text(
+        out / "stats.json", json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    )
     written = [out / "stats.md", out / "stats.json"]
     for name, s in summaries.items():
         figs = {"intervals": plotting_stats.interval_figure(s, paper_levels(name))}
@@ -318,7 +321,9 @@ def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]
             figs["profile"] = plotting_stats.profile_figure(s)
         for kind, fig in figs.items():
             written.append(out / f"{name}_{kind}.png")
-            fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+            checkpoint.atomic_write_bytes(written[-1], buf.getvalue())
             plt.close(fig)
     return written
 

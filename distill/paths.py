@@ -13,6 +13,16 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def shown(path: str | Path) -> str:
+    """A path as a report names it: relative to the checkout when inside it (a report names no
+    absolute path of the machine it ran on), else as given."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(repo_root()))
+    except ValueError:
+        return str(path)
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("DISTILL_DATA", repo_root() / "data"))
 

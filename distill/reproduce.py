@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from distill import checkpoint, cliconf, experiments, report, xla
+from distill import checkpoint, claims, cliconf, experiments, paths, report, stats, xla
 
 SUITES = experiments.SUITES  # suite -> budget name -> Budget
 
@@ -53,7 +53,7 @@ def _teachers(b: experiments.Budget, runs_dir: Path, progress: bool) -> dict:
         rows.append(
             {
                 "game": env_id,
-                "teacher": policy.path,
+                "teacher": paths.shown(policy.path),
                 "env_steps": policy.manifest.get("env_steps"),
                 "teacher_score": t,
                 "random_score": r,
@@ -146,9 +146,18 @@ def reproduce(
 
 
 def write_outputs(out: Path, meta: dict, results: dict) -> None:
-    """OUT/results.json and OUT/report.md for the stages finished so far."""
+    """OUT/results.json, OUT/report.md and OUT/stats/ for the stages finished so far.
+
+    The report's claims section and OUT/stats (stats.md, stats.json, interval figures) are
+    `distill stats OUT/results.json --out OUT/stats`: 95 % stratified-bootstrap intervals and
+    a verdict per claim of the paper.
+    """
     checkpoint.atomic_write_json(out / "results.json", {"meta": meta, "results": results})
-    checkpoint.atomic_write_text(out / "report.md", render_report(meta, results))
+    summaries = stats.summarise(results)
+    found = claims.verdicts(results, summaries)
+    claims.write(summaries, found, out / "stats")
+    text = render_report(meta, results, claims.render_markdown(summaries, found))
+    checkpoint.atomic_write_text(out / "report.md", text)
 
 
 def _in_stage_order(meta: dict) -> list[str]:
@@ -166,8 +175,9 @@ def _options_note(options: dict | None) -> str:
 STAGE_ORDER = ("teachers", *experiments.EXPERIMENTS)
 
 
-def render_report(meta: dict, results: dict) -> str:
-    """The markdown report: every table beside the paper's numbers, with the run's facts."""
+def render_report(meta: dict, results: dict, claims_section: str = "") -> str:
+    """The markdown report: the claims' verdicts with their intervals, then every table beside
+    the paper's numbers, with the run's facts."""
     b = meta["budget"]
     lines = [
         f"# Policy distillation, reproduced: {meta['suite']} suite, {b['name']} budget",
@@ -193,6 +203,8 @@ def render_report(meta: dict, results: dict) -> str:
             "continue; finished students are kept in `students/`).",
             "",
         ]
+    if claims_section:
+        lines += [claims_section, ""]
     lines += [
         "Scores are mean undiscounted returns under the evaluation protocol (epsilon 0.05; "
         "no-op starts on Atari, gymnax's randomised starts on MinAtar; the paper used human "
