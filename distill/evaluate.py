@@ -7,6 +7,10 @@ Protocol (Rusu et al. 2016, following Mnih et al. 2015): epsilon = 0.05.
 - MinAtar has no no-op starts: each episode starts from gymnax's own randomised reset with its
   own key, and epsilon = 0.05 keeps a greedy policy on a deterministic game from replaying one
   episode over and over. Episodes are capped by gymnax (1000 steps; Freeway 2500).
+
+Paired evaluation (`episode_keys`, `make_episode_evaluator`): every episode is played from its
+own key, so two policies are scored on the same episodes, and `precise_scores` plays batches
+until the standard error of the mean is a small fraction of it (the teachers' references).
 """
 
 from __future__ import annotations

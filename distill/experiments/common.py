@@ -257,8 +257,9 @@ def game_inputs(
 ) -> tuple[checkpoint.Policy, dataset.Dataset, dict]:
     """A game's `(teacher policy, its dataset, reference row)`; the row is
     `{"game", "teacher_score", "random_score"}` on the paired episodes (as the results'
-    "teachers" list holds it), their per-episode scores, the evaluation seed, and "reference":
-    the teacher's high-precision score (`paired.teacher_reference`, cached with the teacher)."""
+    "teachers" list holds it), their per-episode scores, the evaluation seed, and the teacher's
+    high-precision score (`paired.teacher_reference`, cached with the teacher): its
+    "reference_episodes", "reference_score" and "reference_se"."""
     policy = ensure_teacher(env_id, b, runs_dir, progress)
     data = ensure_dataset(policy, b, runs_dir, progress)
     t_score, r_score = reference_scores(policy, b)
@@ -271,7 +272,7 @@ def game_inputs(
             "teacher_score": t_score,
             "random_score": r_score,
             **paired_reference(policy, b),
-            "reference": paired.reference_summary(reference),
+            **paired.reference_columns(reference),
         },
     )
 

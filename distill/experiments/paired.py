@@ -175,6 +175,10 @@ def teacher_reference(policy: checkpoint.Policy, runs_dir: Path, compute: bool =
     return reference
 
 
-def reference_summary(reference: dict) -> dict:
-    """The reference without its per-episode list, for tables and results rows."""
-    return {k: reference[k] for k in ("episodes", "mean", "std", "se") if k in reference}
+def reference_columns(reference: dict) -> dict:
+    """The reference as flat columns of a teachers row (without its per-episode list)."""
+    return {
+        "reference_episodes": reference.get("episodes"),
+        "reference_score": reference.get("mean"),
+        "reference_se": reference.get("se"),
+    }
