@@ -7,6 +7,10 @@ Protocol (Rusu et al. 2016, following Mnih et al. 2015): epsilon = 0.05.
 - MinAtar has no no-op starts: each episode starts from gymnax's own randomised reset with its
   own key, and epsilon = 0.05 keeps a greedy policy on a deterministic game from replaying one
   episode over and over. Episodes are capped by gymnax (1000 steps; Freeway 2500).
+
+Paired evaluation (`episode_keys`, `make_episode_evaluator`): every episode is played from its
+own key, so two policies are scored on the same episodes, and `precise_scores` plays batches
+until the standard error of the mean is a small fraction of it (the teachers' references).
 """
 
 from __future__ import annotations
@@ -161,3 +165,81 @@ def evaluate_random(env_id: str, episodes: int, seed: int = 0, **kw) -> Scores:
     if not families.of(spec).in_graph:
         return evaluate_atari(apply_fn, None, env_id, episodes, 1.0, seed, **kw)
     return evaluate_gymnax(apply_fn, None, env_id, episodes, 1.0, seed)
+
+
+# ---------------------------------------------------------------------------- paired evaluation
+
+
+def episode_keys(seed: int, start: int, n: int) -> jax.Array:
+    """Keys of episodes `start .. start + n - 1` of evaluation seed `seed`: `[n, 2]`.
+
+    Episode e's key is `fold_in(PRNGKey(seed), e)`: it depends on (seed, e) alone, so the first
+    N episodes of a long evaluation are exactly an N-episode evaluation with the same seed.
+    """
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda e: jax.random.fold_in(base, e))(jnp.arange(start, start + n))
+
+
+def make_episode_evaluator(env_id: str, apply_fn: Callable) -> Callable:
+    """Jittable `(params, keys [n, 2], epsilon) -> [n]`: episode i's return, played from keys[i].
+
+    Each episode draws its reset, its exploration and its env steps from its own key only, so
+    two policies given the same keys start from the same states and see the same randomness as
+    long as they act alike (a paired comparison), and an episode's score does not depend on
+    how many others are evaluated with it.
+    """
+    env = envs.make(env_id)
+    steps = env.spec.max_episode_steps
+
+    def act(key: jax.Array, q: jax.Array, epsilon: jax.Array) -> jax.Array:  # q [actions]
+        return acting.epsilon_greedy(key, q[None], epsilon)[0]
+
+    def evaluate(params: Any, keys: jax.Array, epsilon: jax.Array) -> jax.Array:
+        n = keys.shape[0]
+        k_reset, k_play = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)  # [n, 2] each
+        obs, state = jax.vmap(env.reset)(k_reset)
+
+        def step(carry, t):
+            obs, state, total, running = carry
+            k = jax.vmap(lambda kk: jax.random.split(jax.random.fold_in(kk, t)))(k_play)
+            action = jax.vmap(act, in_axes=(0, 0, None))(k[:, 0], apply_fn(params, obs), epsilon)
+            obs, state, reward, done, _ = jax.vmap(env.step)(k[:, 1], state, action)
+            total = total + jnp.where(running, reward, 0.0)
+            return (obs, state, total, running & ~done), None
+
+        init = (obs, state, jnp.zeros(n), jnp.ones(n, bool))
+        (_, _, total, _), _ = jax.lax.scan(step, init, jnp.arange(steps))
+        return total
+
+    return evaluate
+
+
+def standard_error(scores: np.ndarray) -> float:
+    """Standard error of the mean of `[n]` scores: sample std (ddof 1) / sqrt(n); inf for n < 2."""
+    scores = np.asarray(scores, np.float64)
+    if scores.size < 2:
+        return float("inf")
+    return float(np.std(scores, ddof=1) / np.sqrt(scores.size))
+
+
+def precise_scores(
+    play: Callable[[int, int], np.ndarray],
+    rel_se: float = 0.03,
+    batch: int = 100,
+    cap: int = 2_000,
+) -> np.ndarray:
+    """Per-episode scores, played `batch` at a time until the standard error of their mean is at
+    most `rel_se` of its magnitude (se <= rel_se * |mean|), or `cap` episodes.
+
+    `play(start, n)` returns the `[n]` scores of episodes `start .. start + n - 1` (the same
+    episode schedule whatever the batch, see `episode_keys`).
+    """
+    if batch < 2 or cap < batch:
+        raise ValueError(f"batch={batch}, cap={cap}: need 2 <= batch <= cap")
+    scores = np.zeros(0)
+    while scores.size < cap:
+        n = min(batch, cap - scores.size)
+        scores = np.concatenate([scores, np.asarray(play(scores.size, n), np.float64)])
+        if standard_error(scores) <= rel_se * abs(scores.mean()):
+            break
+    return scores

@@ -133,6 +133,7 @@ def test_budgets():
     for b in (smoke, quick, full):
         assert b.updates % b.eval_every == 0 and b.seeds >= 2
     assert smoke.updates < quick.updates < full.updates
+    assert full.seeds >= 5 and full.eval_episodes >= 100  # issue 17: enough runs and episodes
 
 
 def test_budget_is_built_by_keyword():
@@ -285,6 +286,25 @@ def test_loss_comparison_rows_and_curves(comparison):
         final = [r["score"] for r in rows if r["loss"] == c["loss"]]
         assert c["score_mean"][-1] == pytest.approx(np.mean(final))
     assert result["budget"]["name"] == "t" and result["budget"]["games"] == (ENV,)
+
+
+def test_loss_comparison_keeps_paired_episode_scores(comparison):
+    result, runs_dir = comparison
+    [t] = result["teachers"]
+    n = TINY.eval_episodes
+    assert len(t["teacher_episode_scores"]) == len(t["random_episode_scores"]) == n
+    assert t["teacher_score"] == pytest.approx(np.mean(t["teacher_episode_scores"]))
+    assert t["random_score"] == pytest.approx(np.mean(t["random_episode_scores"]))
+    # the high-precision reference: cached in the run (not a shipped teacher), its first n
+    # episodes the ones every student was scored on
+    assert t["reference_episodes"] >= 100 and t["reference_se"] >= 0
+    [cached] = (runs_dir / "references").iterdir()
+    first = json.loads(cached.read_text())["episode_scores"][:n]
+    assert first == pytest.approx(t["teacher_episode_scores"])
+    for r in result["rows"]:
+        assert len(r["episode_scores"]) == n and r["eval_seed"] == t["eval_seed"]
+        assert r["score"] == pytest.approx(np.mean(r["episode_scores"]))
+        assert r["teacher_episode_scores"] == t["teacher_episode_scores"]
 
 
 def test_write_loss_comparison(tmp_path, comparison):

@@ -4,8 +4,9 @@ One module per experiment (`losses`, `policy_compression`, `multitask_distillati
 `online_distillation`), each with its run function, tables, writer and report section, and an
 `EXPERIMENT` entry that `EXPERIMENTS` collects: `distill experiment NAME` and `distill reproduce`
 read it, so a new experiment is one new module. What they share is in `common` (budgets, teachers,
-datasets, reference scores, summaries) and `seeds` (students trained side by side, cached on
-disk). Their figures are in `distill.plotting`.
+datasets, reference scores, summaries), `paired` (students and teacher scored on the same
+episodes; the teacher's cached high-precision reference) and `seeds` (students trained side
+by side, cached on disk). Their figures are in `distill.plotting`.
 
 Seeds run side by side under `jax.vmap`, in one compiled call per (game, loss, network). Every
 experiment takes an optional device mesh (`distill.sharding`): its `seeds` axis splits the seeds
@@ -28,6 +29,8 @@ from distill.experiments.common import (
     ensure_teacher,
     game_inputs,
     geometric_mean,
+    paired_reference,
+    paired_row,
     percent_of_teacher,
     prepare_games,
     random_normalised,
@@ -40,6 +43,7 @@ from distill.experiments.losses import loss_comparison, write_loss_comparison
 from distill.experiments.multitask_distillation import (
     PAPER_MULTITASK,
     distil_multitask_seeds,
+    distil_multitask_students,
     multitask,
     multitask_table,
     write_multitask,
@@ -84,6 +88,7 @@ __all__ = [
     "compression",
     "compression_summary",
     "distil_multitask_seeds",
+    "distil_multitask_students",
     "distil_seeds",
     "distil_tau_sweep",
     "ensure_dataset",
@@ -95,6 +100,8 @@ __all__ = [
     "multitask_table",
     "online",
     "online_table",
+    "paired_reference",
+    "paired_row",
     "percent_of_teacher",
     "prepare_games",
     "random_normalised",

@@ -15,7 +15,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import checkpoint, dataset, envs, evaluate, families, paths, sharding, teacher
+from distill import checkpoint, dataset, envs, families, paths, sharding, teacher
+from distill.experiments import paired
 
 # ---------------------------------------------------------------------------- budgets
 
@@ -98,8 +99,8 @@ BUDGETS = {
         dataset_states=32_768,
         updates=1_000,
         eval_every=500,
-        seeds=2,
-        eval_episodes=24,
+        seeds=3,
+        eval_episodes=50,
         multitask_dqn_steps=200_000,
         online_teacher_steps=150_000,
         online_rounds=8,
@@ -111,8 +112,8 @@ BUDGETS = {
         dataset_states=262_144,
         updates=10_000,
         eval_every=2_000,
-        seeds=3,
-        eval_episodes=50,
+        seeds=5,
+        eval_episodes=100,
         multitask_dqn_steps=None,
         online_teacher_steps=1_000_000,
         online_rounds=40,
@@ -217,14 +218,27 @@ def ensure_dataset(
 _MEMO: dict[tuple, object] = {}
 
 
-def reference_scores(policy: checkpoint.Policy, b: Budget) -> tuple[float, float]:
-    """(teacher, random) mean scores under the evaluation protocol, same episodes and seed."""
+def paired_reference(policy: checkpoint.Policy, b: Budget) -> dict:
+    """The teacher's and the random policy's per-episode scores on the budget's paired episodes
+    (`paired`: the same episodes every student is scored on): `{"eval_seed",
+    "teacher_episode_scores", "random_episode_scores"}`, lists of `b.eval_episodes` floats."""
     key = ("reference", policy.manifest["files"][checkpoint.PARAMS], b.eval_episodes)
     if key not in _MEMO:
-        t = evaluate.evaluate_policy(policy, b.eval_episodes, seed=10_000).mean
-        r = evaluate.evaluate_random(policy.env_id, b.eval_episodes, seed=10_000).mean
-        _MEMO[key] = (t, r)
+        _MEMO[key] = {
+            "eval_seed": paired.EVAL_SEED,
+            "teacher_episode_scores": paired.teacher_scores(policy, b.eval_episodes).tolist(),
+            "random_episode_scores": paired.random_scores(policy.env_id, b.eval_episodes).tolist(),
+        }
     return _MEMO[key]
+
+
+def reference_scores(policy: checkpoint.Policy, b: Budget) -> tuple[float, float]:
+    """(teacher, random) mean scores under the evaluation protocol, on the paired episodes."""
+    ref = paired_reference(policy, b)
+    return (
+        float(np.mean(ref["teacher_episode_scores"])),
+        float(np.mean(ref["random_episode_scores"])),
+    )
 
 
 def prepare_games(games, b: Budget, runs_dir: Path, progress: bool = True) -> None:
@@ -242,11 +256,25 @@ def game_inputs(
     env_id: str, b: Budget, runs_dir: Path, progress: bool = True
 ) -> tuple[checkpoint.Policy, dataset.Dataset, dict]:
     """A game's `(teacher policy, its dataset, reference row)`; the row is
-    `{"game", "teacher_score", "random_score"}`, as the results' "teachers" list holds it."""
+    `{"game", "teacher_score", "random_score"}` on the paired episodes (as the results'
+    "teachers" list holds it), their per-episode scores, the evaluation seed, and the teacher's
+    high-precision score (`paired.teacher_reference`, cached with the teacher): its
+    "reference_episodes", "reference_score" and "reference_se"."""
     policy = ensure_teacher(env_id, b, runs_dir, progress)
     data = ensure_dataset(policy, b, runs_dir, progress)
     t_score, r_score = reference_scores(policy, b)
-    return policy, data, {"game": env_id, "teacher_score": t_score, "random_score": r_score}
+    reference = paired.teacher_reference(policy, runs_dir)
+    return (
+        policy,
+        data,
+        {
+            "game": env_id,
+            "teacher_score": t_score,
+            "random_score": r_score,
+            **paired_reference(policy, b),
+            **paired.reference_columns(reference),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- scores
@@ -276,6 +304,18 @@ def scored(score: float, teacher_score: float, random_score: float) -> dict:
         "random_score": random_score,
         "percent_of_teacher": percent_of_teacher(score, teacher_score),
         "random_normalised": random_normalised(score, teacher_score, random_score),
+    }
+
+
+def paired_row(episode_scores, reference: dict) -> dict:
+    """A student's score columns (`scored`) from its `[episodes]` scores on the paired episodes
+    and its game's reference row, with the per-episode scores of both kept."""
+    episodes = [float(x) for x in episode_scores]
+    return {
+        **scored(float(np.mean(episodes)), reference["teacher_score"], reference["random_score"]),
+        "eval_seed": reference["eval_seed"],
+        "episode_scores": episodes,
+        "teacher_episode_scores": reference["teacher_episode_scores"],
     }
 
 

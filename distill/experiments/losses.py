@@ -7,10 +7,11 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from distill import losses, paths, report, student
 from distill.checkpoint import atomic_write_json, atomic_write_text
-from distill.experiments import common, seeds
+from distill.experiments import common, paired, seeds
 from distill.experiments.registry import Experiment
 
 
@@ -26,7 +27,8 @@ def loss_comparison(
     """Same-size students with each loss on each game (Rusu et al. 2016, section 5.1).
 
     Returns {"rows": per (game, loss, seed) results, "curves": per (game, loss) learning curves,
-    "teachers": per game teacher and random scores}.
+    "teachers": per game teacher and random scores}. Every student's final score is measured on
+    the same episodes as its teacher's (`paired`); the rows keep both per-episode lists.
     """
     runs_dir = Path(runs_dir or paths.runs_dir())
     common.prepare_games(b.games, b, runs_dir, progress)
@@ -34,7 +36,6 @@ def loss_comparison(
     for env_id in b.games:
         _, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
-        t_score, r_score = reference["teacher_score"], reference["random_score"]
         for loss in losses:
             config = student.StudentConfig(
                 loss=loss,
@@ -44,16 +45,17 @@ def loss_comparison(
                 eval_every=b.eval_every,
                 eval_episodes=b.eval_episodes,
             )
-            _, _, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
+            _, state, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
+            # the final score of each student: on the teacher's paired episodes
+            final = paired.student_scores(env_id, net, state.params, b.eval_episodes)
             for seed in range(b.seeds):
-                score = float(m.score[seed, -1])
                 rows.append(
                     {
                         "game": env_id,
                         "loss": loss,
                         "net": net,
                         "seed": seed,
-                        **common.scored(score, t_score, r_score),
+                        **common.paired_row(final[seed], reference),
                         "agreement": float(m.agreement[seed, -1]),
                     }
                 )
@@ -62,11 +64,18 @@ def loss_comparison(
                     "game": env_id,
                     "loss": loss,
                     "updates": [(i + 1) * b.eval_every for i in range(config.blocks)],
-                    "score_mean": m.score.mean(axis=0).tolist(),
-                    "score_std": m.score.std(axis=0).tolist(),
+                    **final_curve(m.score, final.mean(axis=1)),
                 }
             )
     return {"rows": rows, "curves": curves, "teachers": teachers, "budget": dataclasses.asdict(b)}
+
+
+def final_curve(score: np.ndarray, final: np.ndarray) -> dict:
+    """Mean and std over seeds of `[seeds, blocks]` in-graph scores, with the last block's
+    replaced by the `[seeds]` paired final scores: the curve ends at the score the rows report."""
+    score = np.array(score, np.float64)
+    score[:, -1] = final
+    return {"score_mean": score.mean(axis=0).tolist(), "score_std": score.std(axis=0).tolist()}
 
 
 BY = ("game", "loss")

@@ -17,12 +17,34 @@ from distill import losses, paths, report, sharding, student, teacher, xla
 from distill import multitask as mt
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.config import to_dict
-from distill.experiments import common
+from distill.experiments import common, paired
 from distill.experiments.registry import Experiment
 
 # Rusu et al. (2016), 3-game multi-task results, geometric mean of % of single-game teachers.
 PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 116.9}
 METHODS = ("multi-dqn", "distilled-nll", "distilled-kl")
+
+
+def distil_multitask_students(
+    config: student.StudentConfig,
+    games,
+    datas: tuple,
+    seeds: int,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """`seeds` multi-task students side by side: (params with a leading `[seeds]` axis, metrics
+    `[seeds, blocks, ...]`). With a `mesh` the seeds are split over its `seeds` axis and the
+    minibatches over `data`."""
+    _, init, run = mt.make_multitask_distill(config, games, mesh)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    blocks = config.blocks
+
+    def one(key, d, hyper):
+        state, metrics = run(init(key), d, hyper, blocks)
+        return state.params, metrics
+
+    hyper = jax.tree_util.tree_map(jnp.float32, config.hyper)  # the loss's, e.g. {"tau": 0.01}
+    return sharding.map_seeds(one, mesh)(keys, datas, hyper)
 
 
 def distil_multitask_seeds(
@@ -32,17 +54,20 @@ def distil_multitask_seeds(
     seeds: int,
     mesh: jax.sharding.Mesh | None = None,
 ):
-    """`seeds` multi-task students side by side; metrics `[seeds, blocks, ...]`. With a `mesh`
-    the seeds are split over its `seeds` axis and the minibatches over `data`."""
-    _, init, run = mt.make_multitask_distill(config, games, mesh)
-    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
-    blocks = config.blocks
+    """The metrics `[seeds, blocks, ...]` of `distil_multitask_students`."""
+    return distil_multitask_students(config, games, datas, seeds, mesh)[1]
 
-    def one(key, d, hyper):
-        return run(init(key), d, hyper, blocks)[1]
 
-    hyper = jax.tree_util.tree_map(jnp.float32, config.hyper)  # the loss's, e.g. {"tau": 0.01}
-    return sharding.map_seeds(one, mesh)(keys, datas, hyper)
+def heads_scores(network, params, games: tuple[str, ...], episodes: int) -> np.ndarray:
+    """`[seeds, games, episodes]`: head k of each multi-task network (params with a leading
+    seeds axis) in game k, on that game's paired episodes."""
+    per_game = [
+        paired.seeds_episode_scores(
+            g, ("head", games, k, str(network)), mt.head_apply(network, games, k), params, episodes
+        )
+        for k, g in enumerate(games)
+    ]
+    return np.stack(per_game, axis=1)
 
 
 def multitask(
@@ -65,16 +90,15 @@ def multitask(
         teacher_steps += int(policy.manifest.get("env_steps", b.teacher_steps))
     rows = []
 
-    def add_rows(method: str, scores: np.ndarray) -> None:  # scores [seeds, games]
+    def add_rows(method: str, scores: np.ndarray) -> None:  # scores [seeds, games, episodes]
         for seed in range(scores.shape[0]):
             for k, t in enumerate(teachers):
-                score = float(scores[seed, k])
                 rows.append(
                     {
                         "method": method,
                         "game": t["game"],
                         "seed": seed,
-                        **common.scored(score, t["teacher_score"], t["random_score"]),
+                        **common.paired_row(scores[seed, k], t),
                     }
                 )
 
@@ -86,8 +110,9 @@ def multitask(
             eval_every=b.eval_every * len(games),
             eval_episodes=b.eval_episodes,
         )
-        m = distil_multitask_seeds(config, games, tuple(datas), b.seeds, mesh)
-        add_rows(f"distilled-{loss}", sharding.to_host(m.score)[:, -1, :])
+        params, _ = distil_multitask_students(config, games, tuple(datas), b.seeds, mesh)
+        network = mt.build(games, config.net)
+        add_rows(f"distilled-{loss}", heads_scores(network, params, games, b.eval_episodes))
     dqn_steps = b.multitask_dqn_steps or teacher_steps
     scores = multitask_dqn_scores(games, dqn_steps, b.eval_episodes, runs_dir, progress, mesh)
     add_rows("multi-dqn", scores[None])
@@ -110,7 +135,7 @@ def multitask_dqn_scores(
     mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
     """The multi-task DQN baseline trained for `steps` env steps over all games (resumable, in
-    `runs_dir`); its mean evaluation score per game, `[games]`."""
+    `runs_dir`); its scores on each game's paired episodes, `[games, episodes]`."""
     dqn_config = teacher.default_config(games[0], total_steps=steps)
     dqn_mesh = sharding.for_one_run(mesh)  # one run: only a `data` axis splits it
     network, init, run, iterations = mt.make_multitask_train(dqn_config, games, dqn_mesh)
@@ -127,9 +152,8 @@ def multitask_dqn_scores(
         identity=identity,
         mesh=dqn_mesh,
     )
-    params = sharding.to_host(state.params)
-    scores = mt.evaluate_heads(network, params, games, eval_episodes, seed=10_000)
-    return np.array([s.mean for s in scores])
+    params = jax.tree_util.tree_map(lambda x: x[None], sharding.to_host(state.params))
+    return heads_scores(network, params, games, eval_episodes)[0]
 
 
 def multitask_summary(rows: list[dict]) -> list[dict]:

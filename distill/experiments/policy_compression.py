@@ -11,7 +11,7 @@ import numpy as np
 
 from distill import envs, families, losses, networks, paths, report, student
 from distill.checkpoint import atomic_write_json, atomic_write_text
-from distill.experiments import common, seeds
+from distill.experiments import common, paired, seeds
 from distill.experiments.registry import Experiment
 
 # Rusu et al. (2016), Table 2: geometric mean over 10 games of KL students, % of the teacher.
@@ -37,7 +37,6 @@ def compression(
     for env_id in b.games:
         _, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
-        t_score, r_score = reference["teacher_score"], reference["random_score"]
         spec = envs.spec(env_id)
         teacher_params = networks.param_count(
             families.net_spec(env_id, "teacher"), spec.obs_shape, spec.num_actions
@@ -51,7 +50,8 @@ def compression(
                 eval_every=b.eval_every,
                 eval_episodes=b.eval_episodes,
             )
-            _, _, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
+            _, state, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
+            final = paired.student_scores(env_id, net, state.params, b.eval_episodes)
             n_params = networks.param_count(
                 families.net_spec(env_id, net), spec.obs_shape, spec.num_actions
             )
@@ -63,7 +63,7 @@ def compression(
                         "params": n_params,
                         "params_percent": 100.0 * n_params / teacher_params,
                         "seed": seed,
-                        **common.scored(float(m.score[seed, -1]), t_score, r_score),
+                        **common.paired_row(final[seed], reference),
                     }
                 )
     geo, summary = compression_summary(rows)
