@@ -50,13 +50,15 @@ def _teachers(b: experiments.Budget, runs_dir: Path, progress: bool) -> dict:
     for env_id in b.games:
         policy = experiments.ensure_teacher(env_id, b, runs_dir, progress)
         t, r = experiments.reference_scores(policy, b)
+        reference = experiments.paired.teacher_reference(policy, runs_dir)
         rows.append(
             {
                 "game": env_id,
                 "teacher": paths.shown(policy.path),
                 "env_steps": policy.manifest.get("env_steps"),
-                "teacher_score": t,
+                "teacher_score": t,  # on the budget's paired evaluation episodes
                 "random_score": r,
+                **experiments.paired.reference_columns(reference),
             }
         )
     return {"rows": rows}
@@ -213,7 +215,16 @@ def render_report(meta: dict, results: dict, claims_section: str = "") -> str:
         "",
     ]
     if "teachers" in results:
-        columns = ["game", "teacher", "env_steps", "teacher_score", "random_score"]
+        columns = [
+            "game",
+            "teacher",
+            "env_steps",
+            "teacher_score",
+            "random_score",
+            "reference_score",
+            "reference_se",
+            "reference_episodes",
+        ]
         lines += [
             "## Teachers",
             "",
