@@ -335,7 +335,7 @@ class AtariDataset(_DatasetJob):
             )
         history = {  # the rows before the shard: the older frames of the envs' stacks
             "frames": np.moveaxis(np.concatenate(obs)[:, : stack - 1], 1, 0).astype(storage),
-            # row -k ends an episode when the env's began k or fewer steps ago
+            # row -k ends an episode when the env's current one began fewer than k steps ago
             "done": t[None, :] < np.arange(stack - 1, 0, -1)[:, None],
         }
         if state.shards:  # a resume: cut the episode the previous shard left open
