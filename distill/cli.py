@@ -166,12 +166,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_dataset(args) -> int:
-    from distill import dataset
+    from distill import coverage, dataset
 
     config = dataset_config(args)
     folder = dataset.generate(args.teacher, config, args.out, resume=args.resume)
     data = dataset.load_dataset(folder)
     print(f"dataset saved in {folder}: {data.env_id}, {data.num_states:,} states")
+    print(coverage.summary_line(data.manifest.get("coverage")))
     return 0
 
 

@@ -6,20 +6,24 @@ episode ended. Data is stored time-major, `[rows, envs]`, in shards:
 
     DIR/manifest.json          env id, teacher (path, net, sha256 of its parameters), counts,
                                config, and the sha256 of every shard
-    DIR/shard_00000.npz ...    obs, q, action, reward, done, each `[rows, envs, ...]`
+    DIR/shard_00000.npz ...    obs, q, action, reward, done, t, each `[rows, envs, ...]`
     DIR/generator_state.npz    (while generating) envs, observations and key, to resume exactly
 
 Atari observations are stored as single uint8 frames `[rows, envs, 84, 84]` and the 4-frame
 stacks are rebuilt on read (`replay.stacked`), about 7 KB a state instead of 28 KB. Each Atari
 shard starts with the `STACK - 1` rows that precede it, so every stack can be rebuilt within its
 shard. MinAtar observations are 0/1 maps, stored as bool.
+
+Before recording, the envs' starts are staggered (`DatasetConfig.stagger`, `distill.coverage`)
+so that a dataset of any size samples the teacher's long-run play, not the openings of its
+episodes; `t` holds each state's steps since its episode's reset, and the manifest's `coverage`
+the episodes completed while recording, their mean length and a histogram of `t`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,8 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import acting, checkpoint, envs, families, jobs, replay, xla
-from distill.checkpoint import CheckpointError
+from distill import acting, checkpoint, coverage, envs, families, jobs, xla
 from distill.config import ConfigError, PositiveInt, in_range, positive_int, require
 from distill.evaluate import EVAL_EPSILON
 
@@ -49,6 +52,11 @@ class DatasetConfig:
     """the teacher acts epsilon-greedily, as in the paper"""
     seed: int = 0
     """random seed (envs and the teacher's exploration)"""
+    stagger: int | None = None
+    """staggered starts: before recording, each env plays U[0, W) steps of the teacher's own
+    epsilon-greedy play, so a dataset of any size samples long play, not episode openings; W
+    steps (none: the env's longest episode, MinAtar 1000, or 2000 agent steps on Atari; 0: all
+    envs start from reset together)"""
 
     def __post_init__(self):
         positive_int("states", self.states)
@@ -56,6 +64,14 @@ class DatasetConfig:
         positive_int("shard_states", self.shard_states)
         in_range("epsilon", self.epsilon, 0.0, 1.0)
         require(isinstance(self.seed, int), "seed", self.seed, "must be an integer")
+        require(
+            self.stagger is None
+            or (isinstance(self.stagger, int) and not isinstance(self.stagger, bool))
+            and self.stagger >= 0,
+            "stagger",
+            self.stagger,
+            "must be none or an integer >= 0",
+        )
         require(
             self.states >= self.num_envs,
             "states",
@@ -70,6 +86,10 @@ class DatasetConfig:
     @property
     def rows_per_shard(self) -> int:
         return max(1, min(self.shard_states // self.num_envs, self.rows))
+
+    def stagger_steps(self, spec: envs.EnvSpec) -> int:
+        """W for `spec`: `stagger`, or `coverage.default_stagger` when unset."""
+        return coverage.default_stagger(spec) if self.stagger is None else self.stagger
 
 
 def stack_of(spec: envs.EnvSpec) -> int:
@@ -100,10 +120,14 @@ class GenState(NamedTuple):
     env_state: Any
     obs: jax.Array
     key: jax.Array
+    t: jax.Array  # [envs] int32: steps since each env's episode reset
 
 
 def make_gymnax_generator(policy, config: DatasetConfig):
-    """(init(key) -> GenState, shard(params, GenState, rows) -> (GenState, arrays)): pure."""
+    """(init(key) -> GenState, shard(params, GenState, rows) -> (GenState, arrays)): pure.
+
+    Every env starts from reset; `staggered_starts` advances them before recording.
+    """
     env = envs.make(policy.env_id)
     n = config.num_envs
     storage = families.storage_dtype(env.spec)
@@ -111,7 +135,7 @@ def make_gymnax_generator(policy, config: DatasetConfig):
     def init(key):
         k_env, key = jax.random.split(key)
         obs, env_state = acting.graph_reset(env, k_env, n)
-        return GenState(env_state, obs, key)
+        return GenState(env_state, obs, key, jnp.zeros((n,), jnp.int32))
 
     def step(params, carry: GenState, _):
         key, k_act, k_env = jax.random.split(carry.key, 3)
@@ -124,13 +148,25 @@ def make_gymnax_generator(policy, config: DatasetConfig):
             "action": s.action.astype(jnp.int32),
             "reward": s.reward,
             "done": s.done,
+            "t": carry.t,  # [envs] steps since reset of the observation recorded
         }
-        return GenState(s.env_state, s.obs, key), record
+        t = jnp.where(s.done, 0, carry.t + 1)
+        return GenState(s.env_state, s.obs, key, t), record
 
     def shard(params, state: GenState, rows: int):
         return jax.lax.scan(lambda c, x: step(params, c, x), state, None, length=rows)
 
     return init, shard
+
+
+def staggered_starts(policy, config: DatasetConfig):
+    """`warmup(params, GenState) -> GenState` (pure) of `config.stagger_steps` steps, or None
+    when that is 0 (then no key is drawn: the stream is that of an unstaggered dataset)."""
+    window = config.stagger_steps(policy.spec)
+    if window == 0:
+        return None
+    env = envs.make(policy.env_id)
+    return coverage.make_graph_warmup(env, policy.apply, config.epsilon, window)
 
 
 class Progress(NamedTuple):
@@ -156,6 +192,8 @@ class _DatasetJob(jobs.Job):
         self.total, self.chunk, self.scale = config.rows, config.rows_per_shard, config.num_envs
         self.num_shards = -(-config.rows // config.rows_per_shard)
         self.desc = f"dataset {self.spec.env_id}"
+        self.stagger = config.stagger_steps(self.spec)
+        self.edges = coverage.hist_edges(self.spec)
 
     def identity(self) -> dict:
         return {"teacher": self.fingerprint, "config": dataclasses.asdict(self.config)}
@@ -178,7 +216,11 @@ class _DatasetJob(jobs.Job):
             "shards": list(state.shards),
             "rows": self.done(state),
             "num_envs": self.config.num_envs,
+            "stagger": self.stagger,
         }
+
+    def finish(self, state: Progress, rows: list[dict]) -> dict:
+        return {"coverage": coverage.summarise(rows, self.edges, self.stagger)}
 
     def files(self, state: Progress, final: bool) -> dict[str, bytes]:
         return dict(state.unsaved)
@@ -187,10 +229,12 @@ class _DatasetJob(jobs.Job):
         return state._replace(unsaved={})
 
     def recorded(self, state: Progress, gen: Any, arrays: dict[str, np.ndarray]) -> jobs.Chunk:
-        """The chunk of a shard just recorded: its bytes wait in the state for the checkpoint."""
+        """The chunk of a shard just recorded: its bytes wait in the state for the checkpoint;
+        its coverage (`coverage.shard_row`) is the chunk's metric row."""
         name = _shard_name(len(state.shards), arrays["q"].shape[0])
+        row = {"shard": name, **coverage.shard_row(arrays["t"], arrays["done"], self.edges)}
         state = Progress(gen, (*state.shards, name), {**state.unsaved, name: _npz(arrays)})
-        return jobs.Chunk(state, [], {"teacher Q-values": arrays["q"]})
+        return jobs.Chunk(state, [row], {"teacher Q-values": arrays["q"]})
 
     def saved(self, state: Progress) -> str:
         return f"{len(state.shards)} of {self.num_shards} shards saved"
@@ -209,6 +253,8 @@ class GymnaxDataset(_DatasetJob):
         super().__init__(policy, config, **kw)
         init, shard = make_gymnax_generator(policy, config)
         self.gen_init, self.shard = init, xla.jit(shard, static_argnums=2)
+        warmup = staggered_starts(policy, config)
+        self.warmup = warmup and xla.jit(warmup)
 
     def init(self) -> Progress:
         return Progress(self.gen_init(jax.random.PRNGKey(self.config.seed)), (), {})
@@ -217,6 +263,12 @@ class GymnaxDataset(_DatasetJob):
         shards = tuple(manifest.get("shards", []))
         gen = super().restore(state.gen, folder, manifest) if shards else state.gen
         return Progress(gen, shards, {})
+
+    def start(self, state: Progress) -> Progress:
+        """Staggered starts before the first shard (a resumed job continues its saved state)."""
+        if self.warmup is None or state.shards:
+            return state
+        return state._replace(gen=self.warmup(self.policy.params, state.gen))
 
     def advance(self, state: Progress, n: int) -> jobs.Chunk:
         gen, record = self.shard(self.policy.params, state.gen, n)
@@ -233,12 +285,15 @@ class AtariGen(NamedTuple):
     pending: list  # per half, the dispatched (q, action) for its observations
     key: jax.Array
     history: dict  # the rows before the next shard: frames, done (to rebuild its stacks)
+    t: np.ndarray  # [envs] int32: steps since each env's episode reset
 
 
 class AtariDataset(_DatasetJob):
     """Two halves of the envs take turns: one half's emulators step while the network scores
-    the other half's observations, so env threads and inference overlap. The emulators' state
-    is not saved: a resumed dataset continues with fresh episodes."""
+    the other half's observations, so env threads and inference overlap. Before recording,
+    `coverage.host_warmup` staggers the envs' starts. The emulators' state is not saved: a
+    resumed dataset continues with fresh episodes, staggered again (their first `STACK - 1`
+    rows are rebuilt with blank frames before them, as after an episode's start)."""
 
     def __init__(self, policy, config: DatasetConfig, **kw):
         if config.num_envs % 2:
@@ -255,7 +310,7 @@ class AtariDataset(_DatasetJob):
 
     def start(self, state: Progress) -> Progress:
         n, stack = self.config.num_envs, stack_of(self.spec)
-        frame, storage = families.frame_shape(self.spec), families.storage_dtype(self.spec)
+        storage = families.storage_dtype(self.spec)
         seed = self.config.seed + 1_000_003 * len(state.shards)
         self.halves = [envs.make_atari(self.spec.env_id, self.half, training=False) for _ in "ab"]
         obs = [envs.reset_in_env_order(h, seed + 7919 * i) for i, h in enumerate(self.halves)]
@@ -264,11 +319,31 @@ class AtariDataset(_DatasetJob):
         for i in range(2):
             key, k = jax.random.split(key)
             pending.append(self.act(self.policy.params, obs[i], k))  # dispatched asynchronously
-        history = {  # the rows before the shard: start of data = zeros, done
-            "frames": np.zeros((stack - 1, n, *frame), storage),
-            "done": np.ones((stack - 1, n), bool),
+        t = np.zeros(n, np.int32)
+        if self.stagger:
+            offsets = coverage.host_offsets(seed, n, self.stagger)
+            obs, pending, key, t = coverage.host_warmup(
+                self.halves,
+                self.act,
+                self.policy.params,
+                obs,
+                pending,
+                key,
+                offsets,
+                self.stagger,
+                seed,
+            )
+        history = {  # the rows before the shard: the older frames of the envs' stacks
+            "frames": np.moveaxis(np.concatenate(obs)[:, : stack - 1], 1, 0).astype(storage),
+            # row -k ends an episode when the env's current one began fewer than k steps ago
+            "done": t[None, :] < np.arange(stack - 1, 0, -1)[:, None],
         }
-        return state._replace(gen=AtariGen(obs, pending, key, history))
+        if state.shards:  # a resume: cut the episode the previous shard left open
+            history = {
+                "frames": np.zeros_like(history["frames"]),
+                "done": np.ones((stack - 1, n), bool),
+            }
+        return state._replace(gen=AtariGen(obs, pending, key, history, t))
 
     def close(self) -> None:
         for h in self.halves:
@@ -276,11 +351,12 @@ class AtariDataset(_DatasetJob):
         self.halves = []
 
     def advance(self, state: Progress, rows: int) -> jobs.Chunk:
-        n, stack, (obs, pending, key, history) = (
+        n, stack, (obs, pending, key, history, t) = (
             self.config.num_envs,
             stack_of(self.spec),
             state.gen,
         )
+        t = t.copy()
         frame, storage = families.frame_shape(self.spec), families.storage_dtype(self.spec)
         buf = {
             "obs": np.zeros((rows, n, *frame), storage),
@@ -288,6 +364,7 @@ class AtariDataset(_DatasetJob):
             "action": np.zeros((rows, n), np.int32),
             "reward": np.zeros((rows, n), np.float32),
             "done": np.zeros((rows, n), bool),
+            "t": np.zeros((rows, n), np.int32),
         }
         for r in range(rows):
             for i, env in enumerate(self.halves):
@@ -297,9 +374,11 @@ class AtariDataset(_DatasetJob):
                 buf["obs"][r, cols] = obs[i][:, -1]
                 buf["q"][r, cols] = q
                 buf["action"][r, cols] = action
+                buf["t"][r, cols] = t[cols]
                 obs[i], reward, term, trunc = envs.in_env_order(*env.recv())
                 buf["reward"][r, cols] = reward
                 buf["done"][r, cols] = term | trunc
+                t[cols] = np.where(term | trunc, 0, t[cols] + 1)
                 key, k = jax.random.split(key)
                 pending[i] = self.act(self.policy.params, obs[i], k)
         arrays = {**buf, "history_obs": history["frames"], "history_done": history["done"]}
@@ -309,7 +388,7 @@ class AtariDataset(_DatasetJob):
                 "frames": np.concatenate([arrays["history_obs"], buf["obs"]])[-(stack - 1) :],
                 "done": np.concatenate([arrays["history_done"], buf["done"]])[-(stack - 1) :],
             }
-        return self.recorded(state, AtariGen(obs, pending, key, history), arrays)
+        return self.recorded(state, AtariGen(obs, pending, key, history, t), arrays)
 
 
 def generate(
@@ -346,129 +425,5 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-# ---------------------------------------------------------------------------- reading
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """A loaded teacher dataset, time-major `[rows, envs]`, on device.
-
-    `obs` holds whole observations (MinAtar) or single frames (Atari, `stack` = 4); `q` the
-    teacher's Q-values `[rows, envs, actions]`. Use `batch(key, size)` for random minibatches
-    or `observations(t, env)` to rebuild the observations at given rows.
-    """
-
-    env_id: str
-    num_actions: int
-    stack: int
-    obs: jax.Array
-    q: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    done: jax.Array
-    first_row: int  # rows before this index are only history for stacks
-    manifest: dict
-    path: str
-
-    @property
-    def num_states(self) -> int:
-        return (self.q.shape[0] - self.first_row) * self.q.shape[1]
-
-    def as_replay(self) -> replay.Replay:
-        return replay.Replay(
-            self.obs, self.action, self.reward, self.done, jnp.asarray(self.q.shape[0], jnp.int32)
-        )
-
-    def observations(self, t: jax.Array, env: jax.Array) -> jax.Array:
-        """Observations at rows `t` and env columns `env` `[batch]` in the env's format."""
-        return replay.stacked(self.as_replay(), t, env, self.stack)
-
-    def sample(self, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
-        """A uniform minibatch: (observations `[batch, *obs_shape]`, teacher q `[batch, A]`)."""
-        return sample(self.arrays(), key, batch_size, self.stack, self.first_row)
-
-    def arrays(self) -> dict[str, jax.Array]:
-        """The arrays a jitted training loop takes as an argument."""
-        return {
-            "obs": self.obs,
-            "q": self.q,
-            "action": self.action,
-            "reward": self.reward,
-            "done": self.done,
-        }
-
-
-def sample(arrays: dict, key: jax.Array, batch_size: int, stack: int, first_row: int):
-    """Pure minibatch sampling from `Dataset.arrays()`; jittable with static sizes."""
-    rows, num_envs = arrays["q"].shape[:2]
-    k_t, k_e = jax.random.split(key)
-    t = jax.random.randint(k_t, (batch_size,), first_row, rows)
-    env = jax.random.randint(k_e, (batch_size,), 0, num_envs)
-    buffer = replay.Replay(
-        arrays["obs"],
-        arrays["action"],
-        arrays["reward"],
-        arrays["done"],
-        jnp.asarray(rows, jnp.int32),
-    )
-    return replay.stacked(buffer, t, env, stack), arrays["q"][t, env]
-
-
-def load_dataset(path: str, *, env_id: str | None = None) -> Dataset:
-    """Read a finished dataset, checking every shard's checksum (and the env id, if given)."""
-    folder = Path(path)
-    manifest = checkpoint.read_manifest(folder)
-    if manifest.get("kind") != "dataset":
-        raise CheckpointError(f"{folder}: holds a {manifest.get('kind')!r}, not a dataset")
-    if manifest.get("status") != "complete":
-        raise CheckpointError(f"{folder}: dataset is unfinished; finish it with --resume")
-    if env_id is not None and manifest["env_id"] != env_id:
-        raise CheckpointError(
-            f"{folder}: a dataset for {manifest['env_id']!r}, but {env_id!r} was asked for"
-        )
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "q", "action", "reward", "done")}
-    stack = int(manifest["stack"])
-    for i, name in enumerate(manifest["shards"]):
-        data = checkpoint.read_verified(folder, name, manifest)
-        try:
-            archive = np.load(io.BytesIO(data))
-            arrays = {k: archive[k] for k in archive.files}
-        except Exception as e:
-            raise CheckpointError(f"{folder / name}: unreadable shard ({e})") from e
-        if i == 0 and stack > 1:
-            # the first shard's history rows: zeros marked done, so stacks start padded
-            parts["obs"].append(arrays["history_obs"])
-            parts["done"].append(arrays["history_done"])
-            h = arrays["history_obs"].shape[0]
-            n = arrays["history_obs"].shape[1]
-            parts["q"].append(np.zeros((h, n, manifest["num_actions"]), np.float32))
-            parts["action"].append(np.zeros((h, n), np.int32))
-            parts["reward"].append(np.zeros((h, n), np.float32))
-        elif stack > 1 and arrays["history_done"].size:
-            # a shard written after a resume starts fresh episodes: its history is marked done,
-            # so cut the episode that the previous shard left open
-            parts["done"][-1] = parts["done"][-1].copy()
-            parts["done"][-1][-1] |= arrays["history_done"][-1]
-        for k in parts:
-            parts[k].append(arrays[k])
-    first_row = stack - 1 if stack > 1 else 0
-    merged = {k: jnp.asarray(np.concatenate(v)) for k, v in parts.items()}
-    return Dataset(
-        env_id=manifest["env_id"],
-        num_actions=int(manifest["num_actions"]),
-        stack=stack,
-        first_row=first_row,
-        manifest=manifest,
-        path=str(folder),
-        **merged,
-    )
-
-
-def iter_shards(path: str) -> Iterator[dict[str, np.ndarray]]:
-    """Shards one at a time, verified, for datasets too large to hold at once."""
-    folder = Path(path)
-    manifest = checkpoint.read_manifest(folder)
-    for name in manifest["shards"]:
-        data = checkpoint.read_verified(folder, name, manifest)
-        archive = np.load(io.BytesIO(data))
-        yield {k: archive[k] for k in archive.files}
+# reading lives in distill.shards; these names stay importable from here
+from distill.shards import Dataset, iter_shards, load_dataset, sample  # noqa: E402, F401

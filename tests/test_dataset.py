@@ -1,11 +1,13 @@
 """Teacher datasets: config validation, what `generate` writes and `load_dataset` reads back
-(CartPole), determinism, bit-identical resume, refusals, and Atari frame storage with stacks
-rebuilt on read (a small untrained Pong teacher in real ale-py envs).
+(CartPole), determinism, bit-identical resume, refusals, coverage (the time-in-episode of a small
+dataset against long play, Breakout-MinAtar's shipped teacher), and Atari frame storage with
+stacks rebuilt on read (a small untrained Pong teacher in real ale-py envs).
 """
 
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import DATASET_CONFIG, ENV
 
-from distill import checkpoint, dataset, envs, networks, replay, runs
+from distill import checkpoint, coverage, dataset, envs, networks, replay, runs
 from distill.checkpoint import CheckpointError
 from distill.config import ConfigError
 
@@ -51,6 +53,9 @@ class StopAtOnce(runs.StopRequest):
         ("epsilon", 1.5),
         ("epsilon", -0.1),
         ("seed", 1.5),
+        ("stagger", -1),
+        ("stagger", 2.5),
+        ("stagger", True),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -85,7 +90,9 @@ def test_manifest_counts_and_teacher(cartpole_dataset, trained_cartpole):
         "shard_states": 32_768,
         "epsilon": 0.05,
         "seed": 0,
+        "stagger": None,
     }
+    assert manifest["stagger"] == 500  # unset: CartPole's longest episode
     assert manifest["teacher"]["params_sha256"] == policy.manifest["files"]["params.npz"]
     assert manifest["teacher"]["params_sha256"] == checkpoint.sha256_file(
         checkpoint.path_of(teacher_folder, "params.npz")
@@ -249,6 +256,92 @@ def test_load_refuses_a_teacher_folder(trained_cartpole):
         dataset.load_dataset(str(trained_cartpole[0]))
 
 
+# ---------------------------------------------------------------------------- coverage
+
+BREAKOUT_TEACHER = Path(__file__).resolve().parents[1] / "data" / "teachers" / "Breakout-MinAtar"
+
+
+def test_time_in_episode_is_recorded_and_counted(cartpole_dataset):
+    data = dataset.load_dataset(str(cartpole_dataset))
+    t, done = np.asarray(data.t), np.asarray(data.done)
+    assert t.shape == (625, 64) and t.dtype == np.int32 and t.min() >= 0
+    # t counts the steps since the episode's reset: +1 a step, 0 after an episode's end
+    np.testing.assert_array_equal(t[1:], np.where(done[:-1], 0, t[:-1] + 1))
+    assert len(np.unique(t[0])) > 32  # staggered starts: the envs begin far apart
+    cov = manifest_of(cartpole_dataset)["coverage"]
+    assert cov["stagger"] == 500 and cov["episodes"] == int(done.sum()) > 0
+    assert cov["mean_episode_length"] == round(float((t[done] + 1).mean()), 2)
+    assert cov["t_edges"] == list(range(0, 501, 25)) and sum(cov["t_counts"]) == 40_000
+    want, _ = np.histogram(t, bins=cov["t_edges"])
+    assert cov["t_counts"] == want.tolist()
+    assert coverage.summary_line(cov).startswith("coverage: stagger W=500, ")
+    rows = json.loads((cartpole_dataset / "metrics.json").read_text())
+    assert [r["shard"] for r in rows] == manifest_of(cartpole_dataset)["shards"]
+
+
+def test_a_dataset_made_before_t_still_loads(tmp_path, cartpole_dataset):
+    folder = tmp_path / "old"
+    shutil.copytree(cartpole_dataset, folder)
+    manifest = manifest_of(folder)
+    for name in manifest["shards"]:
+        path = checkpoint.path_of(folder, name, manifest)
+        with np.load(path) as archive:
+            arrays = {k: archive[k] for k in archive.files if k != "t"}
+        path.write_bytes(dataset._npz(arrays))
+        manifest["files"][name] = checkpoint.sha256_file(path)
+    del manifest["coverage"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    old, new = dataset.load_dataset(str(folder)), dataset.load_dataset(str(cartpole_dataset))
+    assert old.t is None and old.num_states == new.num_states
+    np.testing.assert_array_equal(old.obs, new.obs)
+    assert "not recorded" in coverage.summary_line(old.manifest.get("coverage"))
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic: the largest gap between the two ECDFs."""
+    a, b = np.sort(a.ravel()), np.sort(b.ravel())
+    grid = np.union1d(a, b)
+    cdf = lambda x: np.searchsorted(x, grid, side="right") / x.size  # noqa: E731
+    return float(np.abs(cdf(a) - cdf(b)).max())
+
+
+@pytest.fixture(scope="module")
+def breakout_times(tmp_path_factory):
+    """Time-in-episode `t` of the shipped Breakout-MinAtar teacher's play (epsilon 0.05):
+    {'long': 8 envs x 4,096 steps from reset, 'staggered' and 'together': 2,048 states from
+    64 envs with the default W and W = 0}, each (t `[rows, envs]`, manifest)."""
+    root = tmp_path_factory.mktemp("breakout")
+    configs = {
+        "long": dataset.DatasetConfig(states=32_768, num_envs=8, stagger=0, seed=1),
+        "staggered": dataset.DatasetConfig(states=2_048, num_envs=64),
+        "together": dataset.DatasetConfig(states=2_048, num_envs=64, stagger=0),
+    }
+    out = {}
+    for name, config in configs.items():
+        folder = dataset.generate(str(BREAKOUT_TEACHER), config, str(root / name), progress=False)
+        data = dataset.load_dataset(str(folder))
+        out[name] = (np.asarray(data.t), data.manifest)
+    return out
+
+
+def test_a_small_dataset_samples_where_long_play_is(breakout_times):
+    """Two-sample KS on time-in-episode, small dataset vs long play, against the bound at
+    alpha = 0.001, c(alpha) * sqrt(1/n + 1/m), with effective sample sizes: a small dataset's
+    64 envs each give one draw (32 consecutive steps of one env are one offset plus 0..31), and
+    long play's completed episodes each one sweep of t. Without staggering (W = 0) the small
+    dataset holds only t < 32 and fails the same bound."""
+    long_t, long_manifest = breakout_times["long"]
+    episodes = long_manifest["coverage"]["episodes"]
+    assert episodes > 100  # long play: the start from reset is a small part of it
+    c_alpha = np.sqrt(-np.log(0.001 / 2) / 2)
+    bound = c_alpha * np.sqrt(1 / 64 + 1 / episodes)
+    staggered = ks_statistic(breakout_times["staggered"][0], long_t)
+    together = ks_statistic(breakout_times["together"][0], long_t)
+    assert staggered < bound < together, (staggered, bound, together)
+    assert breakout_times["together"][0].max() == 31 and breakout_times["staggered"][0].max() > 200
+    assert breakout_times["staggered"][1]["coverage"]["stagger"] == 1000  # MinAtar's longest
+
+
 # ---------------------------------------------------------------------------- Atari
 
 
@@ -320,7 +413,8 @@ def pong_dataset(tmp_path_factory):
         made.append(RecordingEnv(make_atari(*args, **kwargs)))
         return made[-1]
 
-    config = dataset.DatasetConfig(states=256, num_envs=4, shard_states=128)
+    # W = 0: the stacks below are compared with the envs' from reset; staggering: its own test
+    config = dataset.DatasetConfig(states=256, num_envs=4, shard_states=128, stagger=0)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(envs, "make_atari", recording)
         m.setattr(envs, "ATARI_MAX_FRAMES", 160)
@@ -408,3 +502,34 @@ def test_atari_stacks_rebuilt_on_read_across_episode_ends(pong_stacks):
         if not np.array_equal(rebuilt[r, e], stacks[r, e])
     ]
     assert not bad, f"rebuilt stacks differ from the env's at (row, env) {bad[:8]}"
+
+
+def test_atari_staggered_starts(pong_dataset, tmp_path):
+    """Each env restarts its episode before warm-up step W - o_i, so it starts recording o_i
+    steps into an episode, and the history rows hold its stack's older frames."""
+    teacher = pong_dataset[0].parent / "teacher"
+    made = []
+    make_atari = envs.make_atari
+
+    def recording(*args, **kwargs):
+        made.append(RecordingEnv(make_atari(*args, **kwargs)))
+        return made[-1]
+
+    config = dataset.DatasetConfig(states=32, num_envs=4, shard_states=32, stagger=6)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(envs, "make_atari", recording)
+        dataset.generate(str(teacher), config, str(tmp_path / "data"), progress=False)
+    data = dataset.load_dataset(str(tmp_path / "data"))
+    assert data.manifest["coverage"]["stagger"] == 6 and data.num_states == 32
+    offsets = coverage.host_offsets(0, 4, 6)
+    assert len(set(offsets.tolist())) > 1
+    # a Pong episode outlasts these 14 steps: t is the offset, then one more a row
+    t = np.asarray(data.t[data.first_row :])
+    np.testing.assert_array_equal(t, offsets[None, :] + np.arange(8)[:, None])
+    # every stack the teacher acted on, the first rows' included, is rebuilt from the data
+    acted = env_stacks([half[-9:-1] for half in (r.observations for r in made)], 8)
+    rows = np.arange(8) + data.first_row
+    t_idx, env = np.repeat(rows, 4), np.tile(np.arange(4), 8)
+    stacked = jax.jit(replay.stacked, static_argnums=3)
+    rebuilt = np.asarray(stacked(data.as_replay(), jnp.asarray(t_idx), jnp.asarray(env), 4))
+    np.testing.assert_array_equal(rebuilt.reshape(8, 4, 4, 84, 84), acted)
