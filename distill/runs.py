@@ -96,6 +96,7 @@ def folder_lock(folder: Path) -> Iterator[Path]:
     when its process dies, so a lock file left by a dead process is simply taken over.
     """
     folder = Path(folder)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
     while True:
@@ -125,3 +126,6 @@ def folder_lock(folder: Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
+        if made:  # a run that wrote nothing leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()

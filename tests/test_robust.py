@@ -363,6 +363,12 @@ def test_a_damaged_running_folder_is_named_as_damaged(tmp_path, monkeypatch):
         jobs.run(Counter(), folder, resume=True, progress=False)
 
 
+def test_a_run_that_wrote_nothing_leaves_no_folder(tmp_path):
+    with pytest.raises(FloatingPointError, match="no checkpoint was written"):
+        jobs.run(Counter(nan_at=1), tmp_path / "fresh", progress=False)
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_a_resume_into_a_folder_with_only_a_stale_lock_starts_afresh(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()
