@@ -31,16 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import envs, families, networks
+from distill import envs, families, networks, schema
+from distill.schema import CheckpointError
 
 MANIFEST = "manifest.json"
 PARAMS = "params.npz"
 TRAIN_STATE = "train_state.npz"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A missing, damaged or mismatched file; the message names it."""
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -162,7 +159,7 @@ def read_manifest(folder: str | Path) -> dict:
         raise CheckpointError(f"{path}: damaged manifest ({e})") from e
     if not isinstance(manifest, dict) or "files" not in manifest:
         raise CheckpointError(f"{path}: not a distill manifest")
-    return manifest
+    return schema.validate(manifest, schema.COMMON, path)
 
 
 def stored_name(name: str, sha: str) -> str:
@@ -267,7 +264,8 @@ def previous_run(
 
     folder = Path(folder)
     if not (folder / MANIFEST).exists():
-        if resume and folder.exists() and any(folder.iterdir()):
+        # hidden names (the lock, temporary files) are no run
+        if resume and folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir()):
             raise CheckpointError(f"{folder}: no {MANIFEST}; nothing to resume")
         return None
     manifest = read_manifest(folder)
@@ -345,6 +343,7 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
     for key in ("env_id", "net", "num_actions"):
         if key not in manifest:
             raise CheckpointError(f"{folder / MANIFEST}: has no {key!r}; not a policy checkpoint")
+    schema.validate(manifest, schema.POLICY, folder / MANIFEST)
     if env_id is not None and manifest["env_id"] != env_id:
         raise CheckpointError(
             f"{folder}: made for env {manifest['env_id']!r}, but {env_id!r} was asked for"

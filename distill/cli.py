@@ -1,7 +1,10 @@
 """The `distill` command: one sub-command per stage of the pipeline.
 
-User errors (a bad option, an unknown env id, a damaged or mismatched file) print one line naming
-what was wrong and exit with status 2; an interrupted job saves a checkpoint and exits with 130.
+Every expected failure prints one line and exits with a documented status: 2 a usage or input
+error (a bad option or value, an unknown env id, a damaged, mismatched or locked folder); 3 a
+numerical stop (a non-finite loss or Q-value; the last good checkpoint is kept); 74 an OS error
+(disk full, no permission, a read-only folder); 130 an interrupted job (a checkpoint was saved).
+A traceback only with `distill --debug ...`, or for a bug.
 """
 
 from __future__ import annotations
@@ -12,10 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from distill import cliconf
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from distill import cliconf, exits
+from distill.exits import EXIT_INTERRUPTED, EXIT_IOERR, EXIT_NUMERICAL, EXIT_USAGE  # noqa: F401
 
 _positive_int = cliconf.positive_int
 _existing_dir = cliconf.existing_dir
@@ -99,7 +100,7 @@ def cmd_teacher(args) -> int:
     config = teacher_config(args)
     mesh = _mesh(args, ("data",))
     fit = teacher.fit if families.of(config.env_id).in_graph else teacher.fit_atari
-    policy = fit(config, args.out, resume=args.resume, mesh=mesh)
+    policy = fit(config, args.out, resume=args.resume, mesh=mesh, **exits.every(args))
     ev = policy.manifest.get("evaluation", {})
     print(
         f"teacher saved in {args.out}: {policy.env_id}, {policy.manifest['env_steps']:,} env "
@@ -169,7 +170,9 @@ def cmd_dataset(args) -> int:
     from distill import coverage, dataset
 
     config = dataset_config(args)
-    folder = dataset.generate(args.teacher, config, args.out, resume=args.resume)
+    folder = dataset.generate(
+        args.teacher, config, args.out, resume=args.resume, **exits.every(args)
+    )
     data = dataset.load_dataset(folder)
     print(f"dataset saved in {folder}: {data.env_id}, {data.num_states:,} states")
     print(coverage.summary_line(data.manifest.get("coverage")))
@@ -182,7 +185,15 @@ def cmd_student(args) -> int:
     config = student_config(args)
     mesh = _mesh(args, ("data",))
     data = dataset.load_dataset(args.dataset, env_id=args.env)
-    policy = student.fit(config, args.dataset, args.out, resume=args.resume, data=data, mesh=mesh)
+    policy = student.fit(
+        config,
+        args.dataset,
+        args.out,
+        resume=args.resume,
+        data=data,
+        mesh=mesh,
+        **exits.every(args),
+    )
     print(
         f"student saved in {args.out}: {policy.env_id}, {policy.net}, loss {config.loss}, "
         f"final score {policy.manifest.get('final_score', float('nan')):.2f}"
@@ -317,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distill",
         description="Policy distillation workbench (Rusu et al., ICLR 2016).",
     )
+    p.add_argument("--debug", action="store_true", help="a traceback for every error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("nets", help="the paper's networks and their parameter counts")
@@ -332,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("teacher", help="train a DQN teacher")
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    exits.add_checkpoint_every(s)
     s.add_argument("--mesh", help="data=N: split each gradient minibatch over N devices")
     cliconf.add_config_options(
         s,
@@ -357,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", required=True, type=_existing_dir, help="teacher checkpoint")
     s.add_argument("--out", required=True, help="dataset folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted generation")
+    exits.add_checkpoint_every(s)
     cliconf.add_config_options(s, dataset.DatasetConfig, aliases=DATASET_ALIASES)
     s.set_defaults(func=cmd_dataset)
 
@@ -365,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--env", help="refuse a dataset made for another env")
     s.add_argument("--out", required=True, help="student checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted student")
+    exits.add_checkpoint_every(s)
     s.add_argument("--mesh", help="data=N: split each minibatch over N devices")
     cliconf.add_config_options(s, student.StudentConfig)
     s.set_defaults(func=cmd_student)
@@ -470,26 +485,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+CONFIGS = {"teacher": teacher_config, "dataset": dataset_config, "student": student_config}
+
+
 def main(argv: list[str] | None = None) -> int:
-    from distill.checkpoint import CheckpointError
-    from distill.config import ConfigError
-    from distill.runs import Interrupted
+    from distill import preflight
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        config = CONFIGS[args.command](args) if args.command in CONFIGS else None
+        preflight.check(args, config)
         return args.func(args)
-    except (ConfigError, CheckpointError) as e:
-        print(f"distill {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as e:  # e.g. an unknown env id from distill.envs
-        if type(e) is ValueError:
-            print(f"distill {args.command}: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
-    except Interrupted as e:
-        print(f"distill {args.command}: stopped: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (Exception, KeyboardInterrupt) as e:
+        failure = exits.failure(e)
+        if failure is None or args.debug:
+            raise
+        status, word = failure
+        print(f"distill {args.command}: {word}: {exits.message(e)}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -426,4 +426,10 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 # reading lives in distill.shards; these names stay importable from here
-from distill.shards import Dataset, iter_shards, load_dataset, sample  # noqa: E402, F401
+from distill.shards import (  # noqa: E402, F401
+    Dataset,
+    checked_manifest,
+    iter_shards,
+    load_dataset,
+    sample,
+)

@@ -12,10 +12,14 @@ step; `run(job, folder)` does the rest, the same way for all of them:
         state, rows, watched = job.advance(state, n)          n <= job.chunk
         a non-finite watched value: FloatingPointError naming the step (nothing is written,
             so the last good checkpoint stays)
-        every checkpoint_every_s seconds (0: after every chunk) and on SIGINT/SIGTERM: a
-            'running' checkpoint of job.files(state), then state = job.written(state); on a
-            signal, Interrupted
+        every checkpoint_every_s seconds (0: after every chunk), the first one already once
+            first_checkpoint_s have passed, and on SIGINT/SIGTERM: a 'running' checkpoint of
+            job.files(state), then state = job.written(state); on a signal, Interrupted
     the 'complete' checkpoint, with job.finish(state, rows); return job.result(state, folder)
+
+The folder is locked for the whole run (`runs.folder_lock`: one writer; a second is refused at
+once with the holder's pid), and a manifest found there is checked against the schema of its
+kind (`distill.schema`) before anything in it is used.
 
 Every manifest has one shape: the job's identity (what makes a resume legal), `kind`, the
 job's counters (`describe`), `status`, `wall_s` (summed over resumed sessions) and `metrics`
@@ -30,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from distill import checkpoint, runs
+from distill import checkpoint, runs, schema
 from distill.checkpoint import CheckpointError
 
 
@@ -58,6 +62,8 @@ class Job:
     chunk: int = 1  # steps per `advance` at most
     scale: int = 1  # progress-bar units (and `at` units) per step
     checkpoint_every_s: float = 120.0  # 0: after every chunk
+    # the first checkpoint comes early, so a run killed in its first minutes keeps something
+    first_checkpoint_s: float = 10.0
     state_file: str = checkpoint.TRAIN_STATE  # the file a running checkpoint resumes from
     keep_state_file: bool = False  # keep it in the finished checkpoint
     resume_hint: str = "continue with --resume"
@@ -151,10 +157,30 @@ def non_finite(watched: dict[str, Any]) -> str | None:
 def previous(job: Job, folder: Path, resume: bool) -> dict | None:
     """The manifest of the run in `folder` (None: none); another kind or identity is refused."""
     if (folder / checkpoint.MANIFEST).exists():
-        kind = checkpoint.read_manifest(folder).get("kind")
+        manifest = checkpoint.read_manifest(folder)
+        kind = manifest.get("kind")
         if kind != job.kind:
             raise CheckpointError(f"{folder}: holds a {kind!r}, not a {job.what}")
+        schema.validate_kind(manifest, folder / checkpoint.MANIFEST, job.kind)
     return checkpoint.previous_run(folder, resume, job.what, job.matches, job.made_from)
+
+
+def restore(job: Job, state: Any, folder: Path, manifest: dict) -> Any:
+    """`job.restore`, naming the folder as damaged when its running state cannot be read."""
+    try:
+        return job.restore(state, folder, manifest)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{e}; {folder} is damaged and cannot be resumed: start again in another --out"
+        ) from None
+
+
+def run(job: Job, folder: str | Path | None, *, resume: bool = False, progress: bool = True) -> Any:
+    """Run `job` to its end in `folder` (None: in memory, no checkpoints); see the module doc."""
+    if folder is None:
+        return _run(job, None, resume, progress)
+    with runs.folder_lock(Path(folder)):
+        return _run(job, Path(folder), resume, progress)
 
 
 def manifest_of(job: Job, state: Any, status: str, rows: list[dict], wall_s: float) -> dict:
@@ -181,11 +207,9 @@ def check_finite(job: Job, state: Any, watched: dict, folder: Path | None, writt
         raise FloatingPointError(f"non-finite {bad} at {job.step_name} {job.at(state)}; {kept}")
 
 
-def run(job: Job, folder: str | Path | None, *, resume: bool = False, progress: bool = True) -> Any:
-    """Run `job` to its end in `folder` (None: in memory, no checkpoints); see the module doc."""
+def _run(job: Job, folder: Path | None, resume: bool, progress: bool) -> Any:
     from tqdm.auto import tqdm
 
-    folder = None if folder is None else Path(folder)
     state = job.init()
     rows: list[dict] = []
     wall_before = 0.0
@@ -193,7 +217,7 @@ def run(job: Job, folder: str | Path | None, *, resume: bool = False, progress: 
     if manifest is not None:
         if manifest.get("status") == "complete":
             return job.reload(folder, manifest)
-        state = job.restore(state, folder, manifest)
+        state = restore(job, state, folder, manifest)
         rows = list(manifest.get("metrics", []))
         wall_before = float(manifest.get("wall_s", 0.0))
     written = manifest is not None
@@ -230,9 +254,10 @@ def run(job: Job, folder: str | Path | None, *, resume: bool = False, progress: 
                 if new_rows:
                     bar.set_postfix(job.postfix(rows))
                 now = time.perf_counter()
-                if folder is not None and (
-                    stop.requested or now - last_save >= job.checkpoint_every_s
-                ):
+                every = job.checkpoint_every_s
+                if not written:
+                    every = min(every, job.first_checkpoint_s)
+                if folder is not None and (stop.requested or now - last_save >= every):
                     save(state, "running")
                     state = job.written(state)
                     written, last_save = True, now

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, replay
+from distill import checkpoint, envs, families, replay, schema
 from distill.checkpoint import CheckpointError
 
 
@@ -90,9 +90,7 @@ def sample(arrays: dict, key: jax.Array, batch_size: int, stack: int, first_row:
 def load_dataset(path: str, *, env_id: str | None = None) -> Dataset:
     """Read a finished dataset, checking every shard's checksum (and the env id, if given)."""
     folder = Path(path)
-    manifest = checkpoint.read_manifest(folder)
-    if manifest.get("kind") != "dataset":
-        raise CheckpointError(f"{folder}: holds a {manifest.get('kind')!r}, not a dataset")
+    manifest = checked_manifest(folder)
     if manifest.get("status") != "complete":
         raise CheckpointError(f"{folder}: dataset is unfinished; finish it with --resume")
     if env_id is not None and manifest["env_id"] != env_id:
@@ -102,13 +100,10 @@ def load_dataset(path: str, *, env_id: str | None = None) -> Dataset:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "q", "action", "reward", "done")}
     stack = int(manifest["stack"])
     times: list[np.ndarray] | None = []  # time-in-episode, None once a shard lacks it
+    obs_dtype, rows = _obs_dtype(manifest), 0
     for i, name in enumerate(manifest["shards"]):
-        data = checkpoint.read_verified(folder, name, manifest)
-        try:
-            archive = np.load(io.BytesIO(data))
-            arrays = {k: archive[k] for k in archive.files}
-        except Exception as e:
-            raise CheckpointError(f"{folder / name}: unreadable shard ({e})") from e
+        arrays = _read_shard(folder, name, manifest)
+        rows += schema.check_shard(folder / name, arrays, manifest, obs_dtype)
         if i == 0 and stack > 1:
             # the first shard's history rows: zeros marked done, so stacks start padded
             parts["obs"].append(arrays["history_obs"])
@@ -127,6 +122,7 @@ def load_dataset(path: str, *, env_id: str | None = None) -> Dataset:
         for k in parts:
             parts[k].append(arrays[k])
         times = None if times is None or "t" not in arrays else [*times, arrays["t"]]
+    schema.check_rows(folder / checkpoint.MANIFEST, manifest, rows)
     first_row = stack - 1 if stack > 1 else 0
     merged = {k: jnp.asarray(np.concatenate(v)) for k, v in parts.items()}
     return Dataset(
@@ -144,8 +140,31 @@ def load_dataset(path: str, *, env_id: str | None = None) -> Dataset:
 def iter_shards(path: str) -> Iterator[dict[str, np.ndarray]]:
     """Shards one at a time, verified, for datasets too large to hold at once."""
     folder = Path(path)
-    manifest = checkpoint.read_manifest(folder)
+    manifest = checked_manifest(folder)
+    obs_dtype = _obs_dtype(manifest)
     for name in manifest["shards"]:
-        data = checkpoint.read_verified(folder, name, manifest)
+        arrays = _read_shard(folder, name, manifest)
+        schema.check_shard(folder / name, arrays, manifest, obs_dtype)
+        yield arrays
+
+
+def checked_manifest(folder: Path) -> dict:
+    """A dataset's manifest, checked against the dataset schema."""
+    manifest = checkpoint.read_manifest(folder)
+    if manifest.get("kind") != "dataset":
+        raise CheckpointError(f"{folder}: holds a {manifest.get('kind')!r}, not a dataset")
+    return schema.validate_kind(manifest, folder / checkpoint.MANIFEST)
+
+
+def _obs_dtype(manifest: dict) -> np.dtype:
+    return np.dtype(families.storage_dtype(envs.spec(manifest["env_id"])))
+
+
+def _read_shard(folder: Path, name: str, manifest: dict) -> dict[str, np.ndarray]:
+    """One shard's arrays, after its checksum (refused naming the shard)."""
+    data = checkpoint.read_verified(folder, name, manifest)
+    try:
         archive = np.load(io.BytesIO(data))
-        yield {k: archive[k] for k in archive.files}
+        return {k: archive[k] for k in archive.files}
+    except Exception as e:
+        raise CheckpointError(f"{folder / name}: unreadable shard ({e})") from e

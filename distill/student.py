@@ -71,10 +71,10 @@ class StudentConfig:
     def __post_init__(self):
         require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {tuple(losses.LOSSES)}")
         require(
-            isinstance(self.tau, int | float) and self.tau > 0,
+            isinstance(self.tau, int | float) and 0 < self.tau < float("inf"),
             "tau",
             self.tau,
-            "must be > 0 (the paper uses 0.01)",
+            "must be finite and > 0 (the paper uses 0.01)",
         )
         names = networks.all_net_names()
         require(self.net in names, "net", self.net, f"one of {names}")

@@ -1,0 +1,132 @@
+"""Checks the CLI makes before any work: numbers finite and in range, `--out` a writable folder
+(not a file), enough free disk for what the job will write, a student's minibatch no larger
+than its dataset. Each failure is a one-line ConfigError naming the option."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distill.config import ConfigError
+
+MIB = 1 << 20
+SLACK = 64 * MIB  # parameters, optimiser state, manifests, metrics: small beside the data
+# commands whose --out is a file (the others write a folder)
+FILE_OUT = ("evaluate",)
+
+
+def option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_finite(args: Any) -> None:
+    """Every float option finite: `--tau inf` or `--lr nan` would train on nonsense."""
+    for name, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{option(name)}={value!r} is not valid: must be a finite number")
+
+
+def check_range(args: Any) -> None:
+    """Options whose range no config checks (the evaluation epsilon, the checkpoint interval)."""
+    eps = getattr(args, "epsilon", None)
+    if args.command == "evaluate" and eps is not None and not 0.0 <= eps <= 1.0:
+        raise ConfigError(f"--epsilon={eps!r} is not valid: must be a number in [0, 1]")
+    every = getattr(args, "checkpoint_every", None)
+    if every is not None and every < 0:
+        raise ConfigError(f"--checkpoint-every={every!r} is not valid: must be seconds >= 0")
+
+
+def existing_parent(path: Path) -> Path:
+    """The nearest folder at or above `path` that exists (where a new folder would be made)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_out(out: str, is_file: bool = False) -> Path:
+    """`--out` usable: a folder (or, `is_file`, a file) we can create or write into."""
+    path = Path(out)
+    if is_file:
+        if path.is_dir():
+            raise ConfigError(f"--out {out}: is a folder, not a file")
+    elif path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    base = existing_parent(path)
+    if not base.is_dir():
+        raise ConfigError(f"--out {out}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {base} is not writable")
+    return base
+
+
+def check_space(out: str, needed: int, what: str) -> None:
+    """Refuse when the disk under `out` has less free space than `needed` bytes."""
+    base = existing_parent(Path(out))
+    free = shutil.disk_usage(base).free
+    if needed > free:
+        raise ConfigError(
+            f"--out {out}: {what} needs about {needed / MIB:,.0f} MiB but {base} has "
+            f"{free / MIB:,.0f} MiB free"
+        )
+
+
+def _bytes_per_state(env_id: str, extra: int) -> int:
+    """One stored state: a frame (or a whole observation) in its storage dtype, plus `extra`."""
+    from distill import envs, families
+
+    spec = envs.spec(env_id)
+    frame = math.prod(families.frame_shape(spec))
+    return frame * families.storage_dtype(spec).itemsize + extra
+
+
+def teacher_bytes(config: Any) -> int:
+    """A teacher's peak on disk: the replay in train_state, twice while a checkpoint replaces
+    the previous one (content-addressed names), plus slack. Per step: action, reward, done."""
+    return 2 * config.buffer_size * _bytes_per_state(config.env_id, 4 + 4 + 1) + SLACK
+
+
+def dataset_bytes(config: Any, teacher_path: str) -> int:
+    """A dataset on disk: every state's observation, Q-vector, action, reward, done, time."""
+    from distill import checkpoint, envs
+
+    manifest = checkpoint.read_manifest(teacher_path)
+    env_id = manifest.get("env_id")
+    if not isinstance(env_id, str):
+        return SLACK  # checkpoint.load refuses it with the right message
+    actions = envs.spec(env_id).num_actions
+    return config.states * _bytes_per_state(env_id, 4 * actions + 4 + 4 + 1 + 4) + SLACK
+
+
+def check_student_batch(config: Any, dataset_path: str) -> None:
+    """A minibatch larger than the dataset would sample the same states over and over."""
+    from distill import dataset
+
+    manifest = dataset.checked_manifest(Path(dataset_path))
+    states = manifest["rows"] * manifest["num_envs"]
+    if config.batch_size > states:
+        raise ConfigError(
+            f"--batch-size={config.batch_size} is not valid: the dataset {dataset_path} holds "
+            f"only {states:,} states"
+        )
+
+
+def check(args: Any, config: Any = None) -> None:
+    """Every check before work, for the sub-command in `args` (its config already built)."""
+    check_finite(args)
+    check_range(args)
+    out = getattr(args, "out", None)
+    if out:
+        check_out(out, is_file=args.command in FILE_OUT)
+    if config is None or not out:
+        return
+    if args.command == "teacher":
+        check_space(out, teacher_bytes(config), "the teacher's checkpoints")
+    elif args.command == "dataset":
+        check_space(out, dataset_bytes(config, args.teacher), "the dataset")
+    elif args.command == "student":
+        check_student_batch(config, args.dataset)
+        check_space(out, SLACK, "the student's checkpoints")
