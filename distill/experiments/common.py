@@ -206,8 +206,10 @@ def ensure_dataset(
 ) -> dataset.Dataset:
     """The teacher's dataset at the budget's size, generated once and reused."""
     sha = policy.manifest["files"][checkpoint.PARAMS][:10]
-    out = runs_dir / "datasets" / f"{envs.spec(policy.env_id).safe_name}_{sha}_{b.dataset_states}"
     config = dataset.DatasetConfig(states=b.dataset_states, num_envs=64, seed=0)
+    # "_staggered": datasets from before staggered starts (all envs from reset) are not reused
+    name = f"{envs.spec(policy.env_id).safe_name}_{sha}_{b.dataset_states}_staggered"
+    out = runs_dir / "datasets" / name
     dataset.generate(policy.path, config, str(out), resume=True, progress=progress)
     return dataset.load_dataset(str(out), env_id=policy.env_id)
 
