@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from distill import cliconf, exits
 from distill.exits import EXIT_INTERRUPTED, EXIT_IOERR, EXIT_NUMERICAL, EXIT_USAGE  # noqa: F401
@@ -34,19 +33,23 @@ MESH_HELP = (
 def _mesh(args, axes: tuple[str, ...] = ("seeds", "data")):
     """The device mesh of --mesh (None: one device), after joining a multi-host run if asked."""
     from distill import sharding
-    from distill.config import ConfigError
 
     if getattr(args, "distributed", None):
         sharding.initialize_distributed(**sharding.parse_distributed(args.distributed))
-    if args.mesh is None:
-        return None
-    unused = set(sharding.parse_mesh(args.mesh)) - set(axes)
-    if unused:
+    _check_axes(args, axes)
+    return None if args.mesh is None else sharding.make_mesh(args.mesh)
+
+
+def _check_axes(args, axes: tuple[str, ...]) -> None:
+    """Refuse a --mesh that names axes the command cannot use (before any other check)."""
+    from distill import sharding
+    from distill.config import ConfigError
+
+    if getattr(args, "mesh", None) and set(sharding.parse_mesh(args.mesh)) - set(axes):
         raise ConfigError(
             f"--mesh {args.mesh}: distill {args.command} trains one run, so only "
             f"{' and '.join(f'{a}=N' for a in axes)} applies"
         )
-    return sharding.make_mesh(args.mesh)
 
 
 # ---------------------------------------------------------------------------- sub-commands
@@ -241,58 +244,17 @@ def cmd_stats(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from distill import checkpoint, dataset, envs, explain
-    from distill.config import ConfigError
+    from distill import explain
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {args.out}: is a file, not a folder")
-    teacher = checkpoint.load(args.path)
-    explain.check_explainable(teacher.env_id)
-    students = [checkpoint.load(p, env_id=teacher.env_id) for p in args.students]
-    data, config = None, None
+    config = None
     if args.dataset:
-        if envs.spec(teacher.env_id).family != "minatar":
-            raise ConfigError(
-                f"--dataset: a linear student reads MinAtar object channels; {teacher.env_id} "
-                "is not a MinAtar game"
-            )
-        config = cliconf.config_from_args(
-            explain.LinearConfig, args, explain.LinearConfig(seed=args.seed)
-        )
-        data = dataset.load_dataset(args.dataset, env_id=teacher.env_id)
-        if not dataset.same_source(
-            data.manifest.get("teacher"), dataset.teacher_fingerprint(teacher)
-        ):
-            raise ConfigError(
-                f"--dataset {args.dataset}: made by the teacher in "
-                f"{data.manifest.get('teacher', {}).get('path')}, not by {args.path}"
-            )
-    obs = explain.collect_states(teacher, args.states, seed=args.seed)
-    result = explain.explain_policies(teacher, students, obs)
-    linear = None
-    if data is not None:
-        fitted = explain.fit_linear(data, config)
-        scores = explain.linear_scores(fitted, teacher, args.episodes)
-        linear = explain.linear_report(fitted, config, scores)
-    written = explain.write_explanation(result, out, linear)
-    for name, r in result["students"].items():
-        base = result["baselines"][r["untrained"]]
-        sim, chance = r["similarity"], base["similarity"]
-        print(
-            f"{name}: agreement {r['agreement']:.1%} (untrained {base['agreement']:.1%}); "
-            f"saliency Spearman vs teacher: gradient {sim['gradient']['spearman']:.2f} "
-            f"(untrained {chance['gradient']['spearman']:.2f}), perturbation "
-            f"{sim['perturbation']['spearman']:.2f} "
-            f"(untrained {chance['perturbation']['spearman']:.2f})"
-        )
-    if linear is not None:
-        print(
-            f"linear student: fidelity {linear['fidelity']:.1%} on "
-            f"{linear['held_out_states']:,} held-out states, score {linear['score']:.2f} "
-            f"({linear['percent_of_teacher']:.0f}% of the teacher's {linear['teacher_score']:.2f})"
-        )
-    print(f"{len(written)} files in {out} (explain.json and figures)")
+        base = explain.LinearConfig(seed=args.seed)
+        config = cliconf.config_from_args(explain.LinearConfig, args, base)
+    lines = explain.explain_command(
+        args.path, args.students, args.states, args.seed, args.out,
+        dataset_path=args.dataset, config=config, episodes=args.episodes,
+    )  # fmt: skip
+    print("\n".join(lines))
     return 0
 
 
@@ -495,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = CONFIGS[args.command](args) if args.command in CONFIGS else None
+        if args.command in ("teacher", "student"):  # one run: only the minibatch splits
+            _check_axes(args, ("data",))
         preflight.check(args, config)
         return args.func(args)
     except (Exception, KeyboardInterrupt) as e:

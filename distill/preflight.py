@@ -103,8 +103,10 @@ def dataset_bytes(config: Any, teacher_path: str) -> int:
 
 def check_student_batch(config: Any, dataset_path: str) -> None:
     """A minibatch larger than the dataset would sample the same states over and over."""
-    from distill import dataset
+    from distill import checkpoint, dataset
 
+    if not (Path(dataset_path) / checkpoint.MANIFEST).exists():
+        return  # not a dataset at all: load_dataset refuses it, naming what is missing
     manifest = dataset.checked_manifest(Path(dataset_path))
     states = manifest["rows"] * manifest["num_envs"]
     if config.batch_size > states:

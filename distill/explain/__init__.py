@@ -42,6 +42,7 @@ from distill.explain.linear import (
 from distill.explain.report import (
     check_explainable,
     collect_states,
+    explain_command,
     explain_policies,
     numbers,
     policy_label,
@@ -92,6 +93,7 @@ __all__ = [
     "confusion_matrix",
     "display_map",
     "distinct_states",
+    "explain_command",
     "explain_policies",
     "explain_states",
     "fit_linear",

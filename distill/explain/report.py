@@ -15,7 +15,13 @@ import numpy as np
 from distill import acting, dataset, envs, evaluate, families, xla
 from distill.config import ConfigError, positive_int
 from distill.explain.agreement import agreement_report, distinct_states
-from distill.explain.linear import preference_weights
+from distill.explain.linear import (
+    LinearConfig,
+    fit_linear,
+    linear_report,
+    linear_scores,
+    preference_weights,
+)
 from distill.explain.saliency_maps import SALIENCY_METHODS, explain_states, map_similarity
 
 # ---------------------------------------------------------------------------- states
@@ -265,3 +271,69 @@ def write_explanation(
     atomic_write_json(folder / "explain.json", payload)
     written.append(folder / "explain.json")
     return written
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def explain_command(
+    teacher_path: str,
+    student_paths: Sequence[str],
+    states: int,
+    seed: int,
+    out: str,
+    dataset_path: str | None = None,
+    config: LinearConfig | None = None,
+    episodes: int = 100,
+) -> list[str]:
+    """`distill explain`: load, check, explain, write; the summary lines it prints."""
+    from distill import checkpoint
+
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    teacher = checkpoint.load(teacher_path)
+    check_explainable(teacher.env_id)
+    students = [checkpoint.load(p, env_id=teacher.env_id) for p in student_paths]
+    data = None
+    if dataset_path:
+        if envs.spec(teacher.env_id).family != "minatar":
+            raise ConfigError(
+                f"--dataset: a linear student reads MinAtar object channels; {teacher.env_id} "
+                "is not a MinAtar game"
+            )
+        data = dataset.load_dataset(dataset_path, env_id=teacher.env_id)
+        if not dataset.same_source(
+            data.manifest.get("teacher"), dataset.teacher_fingerprint(teacher)
+        ):
+            raise ConfigError(
+                f"--dataset {dataset_path}: made by the teacher in "
+                f"{data.manifest.get('teacher', {}).get('path')}, not by {teacher_path}"
+            )
+    obs = collect_states(teacher, states, seed=seed)
+    result = explain_policies(teacher, students, obs)
+    linear = None
+    if data is not None:
+        config = config if config is not None else LinearConfig(seed=seed)
+        fitted = fit_linear(data, config)
+        linear = linear_report(fitted, config, linear_scores(fitted, teacher, episodes))
+    written = write_explanation(result, folder, linear)
+    lines = []
+    for name, r in result["students"].items():
+        base = result["baselines"][r["untrained"]]
+        sim, chance = r["similarity"], base["similarity"]
+        lines.append(
+            f"{name}: agreement {r['agreement']:.1%} (untrained {base['agreement']:.1%}); "
+            f"saliency Spearman vs teacher: gradient {sim['gradient']['spearman']:.2f} "
+            f"(untrained {chance['gradient']['spearman']:.2f}), perturbation "
+            f"{sim['perturbation']['spearman']:.2f} "
+            f"(untrained {chance['perturbation']['spearman']:.2f})"
+        )
+    if linear is not None:
+        lines.append(
+            f"linear student: fidelity {linear['fidelity']:.1%} on "
+            f"{linear['held_out_states']:,} held-out states, score {linear['score']:.2f} "
+            f"({linear['percent_of_teacher']:.0f}% of the teacher's {linear['teacher_score']:.2f})"
+        )
+    lines.append(f"{len(written)} files in {folder} (explain.json and figures)")
+    return lines
