@@ -10,7 +10,6 @@ A traceback only with `distill --debug ...`, or for a bug.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -25,28 +24,8 @@ TEACHER_ALIASES = {"env_id": ["--env"], "total_steps": ["--steps"], "num_envs": 
 DATASET_ALIASES = {"num_envs": ["--envs"]}
 
 
-MESH_HELP = (
-    "split the work over devices: seeds=N (independent runs), data=N (each minibatch), or "
-    "both, e.g. seeds=2,data=4; N may be 'all'. Default: one device"
-)
-
-
-def _mesh(args, axes: tuple[str, ...] = ("seeds", "data")):
-    """The device mesh of --mesh (None: one device), after joining a multi-host run if asked."""
-    from distill import sharding
-    from distill.config import ConfigError
-
-    if getattr(args, "distributed", None):
-        sharding.initialize_distributed(**sharding.parse_distributed(args.distributed))
-    if args.mesh is None:
-        return None
-    unused = set(sharding.parse_mesh(args.mesh)) - set(axes)
-    if unused:
-        raise ConfigError(
-            f"--mesh {args.mesh}: distill {args.command} trains one run, so only "
-            f"{' and '.join(f'{a}=N' for a in axes)} applies"
-        )
-    return sharding.make_mesh(args.mesh)
+MESH_HELP = cliconf.MESH_HELP
+_mesh = cliconf.mesh_from_args
 
 
 # ---------------------------------------------------------------------------- sub-commands
@@ -100,7 +79,7 @@ def cmd_teacher(args) -> int:
     config = teacher_config(args)
     mesh = _mesh(args, ("data",))
     fit = teacher.fit if families.of(config.env_id).in_graph else teacher.fit_atari
-    policy = fit(config, args.out, resume=args.resume, mesh=mesh, **exits.every(args))
+    policy = fit(config, args.out, resume=args.resume, mesh=mesh, tb=args.tb, **exits.every(args))
     ev = policy.manifest.get("evaluation", {})
     print(
         f"teacher saved in {args.out}: {policy.env_id}, {policy.manifest['env_steps']:,} env "
@@ -171,7 +150,7 @@ def cmd_dataset(args) -> int:
 
     config = dataset_config(args)
     folder = dataset.generate(
-        args.teacher, config, args.out, resume=args.resume, **exits.every(args)
+        args.teacher, config, args.out, resume=args.resume, tb=args.tb, **exits.every(args)
     )
     data = dataset.load_dataset(folder)
     print(f"dataset saved in {folder}: {data.env_id}, {data.num_states:,} states")
@@ -192,6 +171,7 @@ def cmd_student(args) -> int:
         resume=args.resume,
         data=data,
         mesh=mesh,
+        tb=args.tb,
         **exits.every(args),
     )
     print(
@@ -238,6 +218,12 @@ def cmd_stats(args) -> int:
 
     print(claims.stats_command(args.results, args.out, args.reps, args.seed), end="")
     return 0
+
+
+def cmd_play(args) -> int:
+    from distill import play
+
+    return play.command(args)
 
 
 def cmd_explain(args) -> int:
@@ -306,23 +292,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _budget_options(parser, experiments) -> None:
-    """Every field of a Budget as an option that changes the chosen --budget."""
-    cliconf.add_config_options(
-        parser,
-        experiments.Budget,
-        skip=("name",),
-        presets={n: dataclasses.asdict(b) for n, b in experiments.BUDGETS.items()},
-        title="budget fields (each changes the chosen --budget; MinAtar values shown)",
-    )
-
-
-def _budget_overrides(args, experiments) -> dict:
-    return cliconf.overrides(experiments.Budget, args, skip=("name",))
+_budget_overrides = cliconf.budget_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distill import dataset, evaluate, explain, losses, student, teacher
+    from distill import dataset, evaluate, explain, losses, play, student, tb, teacher
 
     p = _Parser(
         prog="distill",
@@ -345,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     exits.add_checkpoint_every(s)
+    tb.add_option(s)
     s.add_argument("--mesh", help="data=N: split each gradient minibatch over N devices")
     cliconf.add_config_options(
         s,
@@ -371,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="dataset folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted generation")
     exits.add_checkpoint_every(s)
+    tb.add_option(s)
     cliconf.add_config_options(s, dataset.DatasetConfig, aliases=DATASET_ALIASES)
     s.set_defaults(func=cmd_dataset)
 
@@ -380,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="student checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted student")
     exits.add_checkpoint_every(s)
+    tb.add_option(s)
     s.add_argument("--mesh", help="data=N: split each minibatch over N devices")
     cliconf.add_config_options(s, student.StudentConfig)
     s.set_defaults(func=cmd_student)
@@ -413,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="auto|HOST:PORT,PROCESSES,ID",
         help="join a multi-host run (jax.distributed) before starting; see the README",
     )
-    _budget_options(s, experiments)
+    cliconf.add_budget_options(s, experiments)
     s.set_defaults(func=cmd_experiment)
 
     s = sub.add_parser("reproduce", help="run the paper's experiments end to end, with a report")
@@ -431,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated stages to run, the others left as they are (default: all): "
         + ", ".join(reproduce.STAGE_ORDER),
     )
-    _budget_options(s, experiments)
+    cliconf.add_budget_options(s, experiments)
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")
@@ -449,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--out", help="write the summary and per-episode scores to this JSON file")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("play", help="a teacher and its students playing side by side, as a video")
+    play.add_arguments(s)
+    s.set_defaults(func=cmd_play)
 
     s = sub.add_parser(
         "explain", help="what a teacher and its students look at, and how often they agree"
