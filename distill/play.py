@@ -387,6 +387,18 @@ def write(frames: Sequence, path: str | Path, fps: float = 15) -> Path:
     raise ValueError(f"{path}: write a .gif or an .mp4")
 
 
+def seed_policy(env_id: str, net: str, params: Any, index: int = 0, kind: str = "student"):
+    """Seed `index` of students trained side by side (`params` with a leading seeds axis, as
+    `experiments.distil_seeds` returns them) as a `Policy` that `record` and `watch` take."""
+    from distill import checkpoint
+
+    one = jax.tree_util.tree_map(lambda x: np.asarray(x)[index], params)
+    apply = families.build_network(env_id, net).apply
+    manifest = {"kind": kind, "env_id": env_id, "net": net, "seed": index}
+    num_actions = envs.spec(env_id).num_actions
+    return checkpoint.Policy(env_id, net, num_actions, one, manifest, f"{net} seed {index}", apply)
+
+
 def label(policy) -> str:
     """A panel's title: 'teacher', 'student net1', 'untrained net2'."""
     kind = policy.kind

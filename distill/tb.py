@@ -278,6 +278,23 @@ class JobLog:
             self.writer.close()
 
 
+def stage_scalars(stage: str, wall_s: float, summary: dict | None) -> dict[str, float]:
+    """A `distill reproduce` stage's numbers: its wall time and, per group of students, the
+    point estimates of `stats.summarise_stage` (geometric mean and IQM of % of the teacher,
+    mean random-normalised score)."""
+    out = {f"reproduce/wall_s/{stage}": float(wall_s)}
+    for group, g in (summary or {}).get("groups", {}).items():
+        for measure in ("geometric_mean", "iqm", "normalised_mean"):
+            out[f"{stage}/{measure}/{group}"] = float(g[measure]["point"])
+    return out
+
+
+def log_stage(folder: str | Path, step: int, stage: str, wall_s: float, summary: dict | None):
+    """`stage_scalars` at `step` (the stage's number in the suite) in a new event file."""
+    with EventWriter(folder) as writer:
+        writer.scalars(stage_scalars(stage, wall_s, summary), step)
+
+
 def add_option(parser) -> None:
     """`--no-tb` on a long job's sub-command."""
     parser.add_argument(

@@ -150,3 +150,25 @@ def test_tensorboards_own_reader_reads_the_logs(student_run):
     assert set(acc.Tags()["scalars"]) == set(ours)
     for tag, values in ours.items():
         assert [(e.step, e.value) for e in acc.Scalars(tag)] == values
+
+
+def test_a_reproduce_stage_logs_its_wall_time_and_point_estimates(tmp_path):
+    point = lambda v: {"point": v, "lo": v - 1, "hi": v + 1}  # noqa: E731
+    summary = {
+        "groups": {
+            "kl": {
+                "geometric_mean": point(90.0),
+                "iqm": point(92.0),
+                "normalised_mean": point(0.75),
+            }
+        }
+    }
+    tb.log_stage(tmp_path, 2, "losses", 12.5, summary)
+    tb.log_stage(tmp_path, 1, "teachers", 3.0, None)
+    assert tb.read_scalars(tmp_path) == {
+        "reproduce/wall_s/losses": [(2, 12.5)],
+        "losses/geometric_mean/kl": [(2, 90.0)],
+        "losses/iqm/kl": [(2, 92.0)],
+        "losses/normalised_mean/kl": [(2, 0.75)],
+        "reproduce/wall_s/teachers": [(1, 3.0)],
+    }
