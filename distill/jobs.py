@@ -21,6 +21,9 @@ The folder is locked for the whole run (`runs.folder_lock`: one writer; a second
 once with the holder's pid), and a manifest found there is checked against the schema of its
 kind (`distill.schema`) before anything in it is used.
 
+With `tb` (the default; `--no-tb` on the command line), every metrics row is also written as
+TensorBoard scalars under folder/tb/ (`distill.tb`: CleanRL's tag names, `charts/SPS`).
+
 Every manifest has one shape: the job's identity (what makes a resume legal), `kind`, the
 job's counters (`describe`), `status`, `wall_s` (summed over resumed sessions) and `metrics`
 (every row `advance` returned); `checkpoint.write_checkpoint` adds the files and versions.
