@@ -10,7 +10,6 @@ A traceback only with `distill --debug ...`, or for a bug.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -24,32 +23,8 @@ TEACHER_ALIASES = {"env_id": ["--env"], "total_steps": ["--steps"], "num_envs": 
 DATASET_ALIASES = {"num_envs": ["--envs"]}
 
 
-MESH_HELP = (
-    "split the work over devices: seeds=N (independent runs), data=N (each minibatch), or "
-    "both, e.g. seeds=2,data=4; N may be 'all'. Default: one device"
-)
-
-
-def _mesh(args, axes: tuple[str, ...] = ("seeds", "data")):
-    """The device mesh of --mesh (None: one device), after joining a multi-host run if asked."""
-    from distill import sharding
-
-    if getattr(args, "distributed", None):
-        sharding.initialize_distributed(**sharding.parse_distributed(args.distributed))
-    _check_axes(args, axes)
-    return None if args.mesh is None else sharding.make_mesh(args.mesh)
-
-
-def _check_axes(args, axes: tuple[str, ...]) -> None:
-    """Refuse a --mesh that names axes the command cannot use (before any other check)."""
-    from distill import sharding
-    from distill.config import ConfigError
-
-    if getattr(args, "mesh", None) and set(sharding.parse_mesh(args.mesh)) - set(axes):
-        raise ConfigError(
-            f"--mesh {args.mesh}: distill {args.command} trains one run, so only "
-            f"{' and '.join(f'{a}=N' for a in axes)} applies"
-        )
+MESH_HELP = cliconf.MESH_HELP
+_mesh = cliconf.mesh_from_args
 
 
 # ---------------------------------------------------------------------------- sub-commands
@@ -103,7 +78,7 @@ def cmd_teacher(args) -> int:
     config = teacher_config(args)
     mesh = _mesh(args, ("data",))
     fit = teacher.fit if families.of(config.env_id).in_graph else teacher.fit_atari
-    policy = fit(config, args.out, resume=args.resume, mesh=mesh, **exits.every(args))
+    policy = fit(config, args.out, resume=args.resume, mesh=mesh, tb=args.tb, **exits.every(args))
     ev = policy.manifest.get("evaluation", {})
     print(
         f"teacher saved in {args.out}: {policy.env_id}, {policy.manifest['env_steps']:,} env "
@@ -174,7 +149,7 @@ def cmd_dataset(args) -> int:
 
     config = dataset_config(args)
     folder = dataset.generate(
-        args.teacher, config, args.out, resume=args.resume, **exits.every(args)
+        args.teacher, config, args.out, resume=args.resume, tb=args.tb, **exits.every(args)
     )
     data = dataset.load_dataset(folder)
     print(f"dataset saved in {folder}: {data.env_id}, {data.num_states:,} states")
@@ -195,6 +170,7 @@ def cmd_student(args) -> int:
         resume=args.resume,
         data=data,
         mesh=mesh,
+        tb=args.tb,
         **exits.every(args),
     )
     print(
@@ -243,6 +219,12 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_play(args) -> int:
+    from distill import play
+
+    return play.command(args)
+
+
 def cmd_explain(args) -> int:
     from distill import explain
 
@@ -268,23 +250,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _budget_options(parser, experiments) -> None:
-    """Every field of a Budget as an option that changes the chosen --budget."""
-    cliconf.add_config_options(
-        parser,
-        experiments.Budget,
-        skip=("name",),
-        presets={n: dataclasses.asdict(b) for n, b in experiments.BUDGETS.items()},
-        title="budget fields (each changes the chosen --budget; MinAtar values shown)",
-    )
-
-
-def _budget_overrides(args, experiments) -> dict:
-    return cliconf.overrides(experiments.Budget, args, skip=("name",))
+_budget_overrides = cliconf.budget_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distill import dataset, evaluate, explain, losses, student, teacher
+    from distill import dataset, evaluate, explain, losses, play, student, tb, teacher
 
     p = _Parser(
         prog="distill",
@@ -307,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     exits.add_checkpoint_every(s)
+    tb.add_option(s)
     s.add_argument("--mesh", help="data=N: split each gradient minibatch over N devices")
     cliconf.add_config_options(
         s,
@@ -333,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="dataset folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted generation")
     exits.add_checkpoint_every(s)
+    tb.add_option(s)
     cliconf.add_config_options(s, dataset.DatasetConfig, aliases=DATASET_ALIASES)
     s.set_defaults(func=cmd_dataset)
 
@@ -342,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="student checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted student")
     exits.add_checkpoint_every(s)
+    tb.add_option(s)
     s.add_argument("--mesh", help="data=N: split each minibatch over N devices")
     cliconf.add_config_options(s, student.StudentConfig)
     s.set_defaults(func=cmd_student)
@@ -375,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="auto|HOST:PORT,PROCESSES,ID",
         help="join a multi-host run (jax.distributed) before starting; see the README",
     )
-    _budget_options(s, experiments)
+    cliconf.add_budget_options(s, experiments)
     s.set_defaults(func=cmd_experiment)
 
     s = sub.add_parser("reproduce", help="run the paper's experiments end to end, with a report")
@@ -393,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated stages to run, the others left as they are (default: all): "
         + ", ".join(reproduce.STAGE_ORDER),
     )
-    _budget_options(s, experiments)
+    cliconf.add_budget_options(s, experiments)
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("evaluate", help="score a teacher or student in its env")
@@ -411,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--out", help="write the summary and per-episode scores to this JSON file")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("play", help="a teacher and its students playing side by side, as a video")
+    play.add_arguments(s)
+    s.set_defaults(func=cmd_play)
 
     s = sub.add_parser(
         "explain", help="what a teacher and its students look at, and how often they agree"
@@ -458,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = CONFIGS[args.command](args) if args.command in CONFIGS else None
         if args.command in ("teacher", "student"):  # one run: only the minibatch splits
-            _check_axes(args, ("data",))
+            cliconf.check_axes(args, ("data",))
         preflight.check(args, config)
         return args.func(args)
     except (Exception, KeyboardInterrupt) as e:

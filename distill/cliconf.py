@@ -217,3 +217,50 @@ def config_from_args(cls: type, args: argparse.Namespace, base: Any = None, pref
     """`base` (default: cls()) with the fields given on the command line; validated."""
     given = overrides(cls, args, prefix)
     return cls(**given) if base is None else dataclasses.replace(base, **given)
+
+
+# ---------------------------------------------------------------------------- shared options
+# (moved here from cli.py, which re-exports them)
+
+MESH_HELP = (
+    "split the work over devices: seeds=N (independent runs), data=N (each minibatch), or "
+    "both, e.g. seeds=2,data=4; N may be 'all'. Default: one device"
+)
+
+
+def mesh_from_args(args, axes: tuple[str, ...] = ("seeds", "data")):
+    """The device mesh of --mesh (None: one device), after joining a multi-host run if asked."""
+    from distill import sharding
+
+    if getattr(args, "distributed", None):
+        sharding.initialize_distributed(**sharding.parse_distributed(args.distributed))
+    check_axes(args, axes)
+    return None if args.mesh is None else sharding.make_mesh(args.mesh)
+
+
+def check_axes(args, axes: tuple[str, ...]) -> None:
+    """Refuse a --mesh that names axes the command cannot use (before any other check)."""
+    from distill import sharding
+    from distill.config import ConfigError
+
+    if getattr(args, "mesh", None) and set(sharding.parse_mesh(args.mesh)) - set(axes):
+        raise ConfigError(
+            f"--mesh {args.mesh}: distill {args.command} trains one run, so only "
+            f"{' and '.join(f'{a}=N' for a in axes)} applies"
+        )
+
+
+def add_budget_options(parser, experiments) -> None:
+    """Every field of a Budget (`experiments.Budget`) as an option that changes --budget."""
+    add_config_options(
+        parser,
+        experiments.Budget,
+        skip=("name",),
+        presets={n: dataclasses.asdict(b) for n, b in experiments.BUDGETS.items()},
+        title="budget fields (each changes the chosen --budget; MinAtar values shown)",
+    )
+
+
+def budget_overrides(args, experiments) -> dict:
+    """The budget fields given on the command line."""
+    return overrides(experiments.Budget, args, skip=("name",))

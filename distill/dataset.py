@@ -399,6 +399,7 @@ def generate(
     resume: bool = False,
     progress: bool = True,
     checkpoint_every_s: float = 0.0,
+    tb: bool = True,
 ) -> Path:
     """Let the teacher act and write its dataset to `out` (streamed in shards; resumable).
 
@@ -408,7 +409,7 @@ def generate(
     policy = checkpoint.load(teacher_path)
     kind = GymnaxDataset if families.of(policy.spec).in_graph else AtariDataset
     job = kind(policy, config, checkpoint_every_s=checkpoint_every_s)
-    return jobs.run(job, out, resume=resume, progress=progress)
+    return jobs.run(job, out, resume=resume, progress=progress, tb=tb)
 
 
 def _shard_name(i: int, rows: int) -> str:

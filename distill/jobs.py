@@ -21,6 +21,9 @@ The folder is locked for the whole run (`runs.folder_lock`: one writer; a second
 once with the holder's pid), and a manifest found there is checked against the schema of its
 kind (`distill.schema`) before anything in it is used.
 
+With `tb` (the default; `--no-tb` on the command line), every metrics row is also written as
+TensorBoard scalars under folder/tb/ (`distill.tb`: CleanRL's tag names, `charts/SPS`).
+
 Every manifest has one shape: the job's identity (what makes a resume legal), `kind`, the
 job's counters (`describe`), `status`, `wall_s` (summed over resumed sessions) and `metrics`
 (every row `advance` returned); `checkpoint.write_checkpoint` adds the files and versions.
@@ -35,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from distill import checkpoint, runs, schema
+from distill import tb as tblog
 from distill.checkpoint import CheckpointError
 
 
@@ -175,12 +179,23 @@ def restore(job: Job, state: Any, folder: Path, manifest: dict) -> Any:
         ) from None
 
 
-def run(job: Job, folder: str | Path | None, *, resume: bool = False, progress: bool = True) -> Any:
-    """Run `job` to its end in `folder` (None: in memory, no checkpoints); see the module doc."""
+def run(
+    job: Job,
+    folder: str | Path | None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    tb: bool = True,
+) -> Any:
+    """Run `job` to its end in `folder` (None: in memory, no checkpoints); see the module doc.
+
+    With `tb` (and a folder), every metrics row is also logged for TensorBoard in folder/tb/
+    (`distill.tb`: CleanRL's tag names, and the job's steps per second).
+    """
     if folder is None:
-        return _run(job, None, resume, progress)
+        return _run(job, None, resume, progress, False)
     with runs.folder_lock(Path(folder)):
-        return _run(job, Path(folder), resume, progress)
+        return _run(job, Path(folder), resume, progress, tb)
 
 
 def manifest_of(job: Job, state: Any, status: str, rows: list[dict], wall_s: float) -> dict:
@@ -207,7 +222,7 @@ def check_finite(job: Job, state: Any, watched: dict, folder: Path | None, writt
         raise FloatingPointError(f"non-finite {bad} at {job.step_name} {job.at(state)}; {kept}")
 
 
-def _run(job: Job, folder: Path | None, resume: bool, progress: bool) -> Any:
+def _run(job: Job, folder: Path | None, resume: bool, progress: bool, tb: bool) -> Any:
     from tqdm.auto import tqdm
 
     state = job.init()
@@ -231,10 +246,12 @@ def _run(job: Job, folder: Path | None, resume: bool, progress: bool) -> Any:
         checkpoint.write_checkpoint(folder, job.files(state, final), manifest, drop)
         runs.write_metrics(folder, rows)
 
-    bar = None
+    bar = log = None
     try:
         state = job.start(state)
         done = job.done(state)
+        if tb:
+            log = tblog.JobLog(folder / tblog.FOLDER, job.kind, job.at(state))
         bar = tqdm(
             total=job.total * job.scale,
             initial=done * job.scale,
@@ -250,6 +267,8 @@ def _run(job: Job, folder: Path | None, resume: bool, progress: bool) -> Any:
                 check_finite(job, state, watched, folder, written)
                 done = job.done(state)
                 rows.extend(new_rows)
+                if log is not None:
+                    log.log(new_rows, job.at(state))
                 bar.update(n * job.scale)
                 if new_rows:
                     bar.set_postfix(job.postfix(rows))
@@ -274,5 +293,7 @@ def _run(job: Job, folder: Path | None, resume: bool, progress: bool) -> Any:
     finally:
         if bar is not None:
             bar.close()
+        if log is not None:
+            log.close()
         job.close()
     return job.result(state, folder)

@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from distill import checkpoint, claims, cliconf, experiments, paths, report, stats, xla
+from distill import checkpoint, claims, cliconf, experiments, paths, report, stats, tb, xla
 
 SUITES = experiments.SUITES  # suite -> budget name -> Budget
 
@@ -142,12 +142,13 @@ def reproduce(
         )
         print(f"[{i}/{len(stages)}] {stage}: done in {timings[stage]:.0f} s", flush=True)
         # the report so far: an interrupted run still leaves every finished stage's tables
-        write_outputs(out, meta, results)
+        summaries = write_outputs(out, meta, results)
+        tb.log_stage(out / tb.FOLDER, i, stage, timings[stage], summaries.get(stage))
     write_outputs(out, meta, results)  # also when no stage ran or was finished before
     return out
 
 
-def write_outputs(out: Path, meta: dict, results: dict) -> None:
+def write_outputs(out: Path, meta: dict, results: dict) -> dict:
     """OUT/results.json, OUT/report.md and OUT/stats/ for the stages finished so far.
 
     The report's claims section and OUT/stats (stats.md, stats.json, interval figures) are
@@ -160,6 +161,7 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
     claims.write(summaries, found, out / "stats")
     text = render_report(meta, results, claims.render_markdown(summaries, found))
     checkpoint.atomic_write_text(out / "report.md", text)
+    return summaries
 
 
 def _in_stage_order(meta: dict) -> list[str]:

@@ -337,6 +337,7 @@ def fit(
     data: dataset.Dataset | None = None,
     mesh: jax.sharding.Mesh | None = None,
     checkpoint_every_s: float = 0.0,
+    tb: bool = True,
 ):
     """Distil a student from a dataset folder into `out`; returns the loaded student Policy.
 
@@ -352,4 +353,4 @@ def fit(
     data = data if data is not None else dataset.load_dataset(dataset_path)
     check_compatible(config, data, None)
     job = StudentJob(config, data, mesh, checkpoint_every_s)
-    return jobs.run(job, out, resume=resume, progress=progress)
+    return jobs.run(job, out, resume=resume, progress=progress, tb=tb)

@@ -370,6 +370,7 @@ def fit(
     eval_episodes: int = 100,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    tb: bool = True,
 ):
     """Train a gymnax teacher into folder `out`, with progress, metrics, checkpoints and resume.
 
@@ -391,7 +392,7 @@ def fit(
         checkpoint_every_s=checkpoint_every_s,
         eval_episodes=eval_episodes,
     )
-    return jobs.run(job, out, resume=resume, progress=progress)
+    return jobs.run(job, out, resume=resume, progress=progress, tb=tb)
 
 
 def make_atari_learner(
@@ -458,6 +459,7 @@ def fit_atari(
     progress: bool = True,
     log_every: int = 1000,
     mesh: jax.sharding.Mesh | None = None,
+    tb: bool = True,
 ):
     """Train an Atari teacher: the jitted double-DQN update in a host loop around ale-py.
 
@@ -480,4 +482,4 @@ def fit_atari(
         checkpoint_every_s=checkpoint_every_s,
         eval_episodes=eval_episodes,
     )
-    return jobs.run(job, out, resume=resume, progress=progress)
+    return jobs.run(job, out, resume=resume, progress=progress, tb=tb)

@@ -217,6 +217,7 @@ def test_fit_writes_a_student_checkpoint(kl_student, cartpole_dataset):
         checkpoint.path_of(folder, "params.npz").name,
         "metrics.csv",
         "metrics.json",
+        "tb",  # TensorBoard logs (distill.tb)
     }
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["kind"] == "student" and manifest["status"] == "complete"

@@ -214,7 +214,7 @@ def test_fit_writes_a_finished_checkpoint(cartpole_teacher):
     folder, policy = cartpole_teacher
     names = {p.name for p in folder.iterdir()}
     params_file = checkpoint.path_of(folder, "params.npz").name
-    assert names == {"manifest.json", params_file, "metrics.csv", "metrics.json"}
+    assert names == {"manifest.json", params_file, "metrics.csv", "metrics.json", "tb"}
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["env_steps"] == 60_000
