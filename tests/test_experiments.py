@@ -250,7 +250,7 @@ def test_ensure_dataset_generates_once(comparison, trained_cartpole, cartpole_da
     _, runs_dir = comparison
     _, policy = trained_cartpole
     sha = policy.manifest["files"]["params.npz"][:10]
-    folder = runs_dir / "datasets" / f"CartPole-v1_{sha}_40000"
+    folder = runs_dir / "datasets" / f"CartPole-v1_{sha}_40000_staggered"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["config"] == dataclasses.asdict(DATASET_CONFIG)
