@@ -410,3 +410,35 @@ def summary(rows: list[dict]) -> dict:
     last = rows[-1]
     keep = ("score", *(f"{m}_{s}" for m in ("agreement", "kl") for s in diagnostics.SETS))
     return {**{k: last[k] for k in keep}, "limit": diagnostics.limit(rows)}
+
+
+def need_dataset(path: str | None) -> None:
+    """`distill student` without a teacher distils from a dataset: --dataset is required."""
+    if path is None:
+        raise ConfigError("--dataset is required (--regime offline), or give --teacher")
+
+
+def cmd_student(args, config: student.StudentConfig, regime: RegimeConfig) -> int:
+    """`distill student --regime ... --teacher PATH`: the regime's job into --out."""
+    if args.teacher is None:
+        raise ConfigError(f"--regime {regime.regime} needs --teacher PATH")
+    if regime.regime == "offline":
+        need_dataset(args.dataset)
+    if getattr(args, "mesh", None):
+        raise ConfigError("--mesh is not supported with a teacher in the loop yet")
+    every = getattr(args, "checkpoint_every", None)
+    policy = fit(
+        config,
+        regime,
+        args.teacher,
+        args.out,
+        dataset_path=args.dataset,
+        resume=args.resume,
+        **({} if every is None else {"checkpoint_every_s": every}),
+    )
+    m = policy.manifest
+    print(
+        f"student saved in {args.out}: {policy.env_id}, {policy.net}, regime {regime.regime}, "
+        f"final score {m.get('final_score', float('nan')):.2f}, limit: {m.get('limit')}"
+    )
+    return 0

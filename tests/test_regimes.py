@@ -196,3 +196,14 @@ def test_dagger_resumed_is_bit_identical(tmp_path, teacher):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
     assert strip(resumed.manifest["metrics"]) == strip(whole.manifest["metrics"])
     shutil.rmtree(cut)
+
+
+def test_cli_refuses_a_regime_without_its_inputs(capsys):
+    from distill import cli, cliconf
+
+    docs = cliconf.field_docs(regimes.RegimeConfig)
+    assert all(doc and "\n" not in doc for doc in docs.values()), docs
+    assert cli.main(["student", "--regime", "dagger", "--out", "o"]) == 2
+    assert "needs --teacher" in capsys.readouterr().err
+    assert cli.main(["student", "--out", "o"]) == 2
+    assert "--dataset is required" in capsys.readouterr().err
