@@ -84,16 +84,19 @@ def limit(rows: Sequence[dict]) -> str:
 # ---------------------------------------------------------------------------- the three sets
 
 
-def make_teacher_states(env_id: str, apply_fn: acting.ApplyFn, states: int, num_envs: int):
+def make_teacher_states(
+    env_id: str, apply_fn: acting.ApplyFn, states: int, num_envs: int, stagger: int | None = None
+):
     """`sample(acting_params, key) -> obs [states, ...]`: states of a policy's own play.
 
     The policy acts at epsilon 0.05 in `num_envs` envs from staggered starts
-    (`coverage.make_graph_warmup`, the env's longest episode), then `states / num_envs` steps
-    are recorded: a sample of its long-run state distribution, as a dataset holds. Pure.
+    (`coverage.make_graph_warmup` over `stagger` steps; none: the env's longest episode), then
+    `states / num_envs` steps are recorded: a sample of its long-run state distribution, as a
+    dataset holds. Pure.
     """
     env = envs.make(env_id)
     rows = max(1, states // num_envs)
-    config = dataset.DatasetConfig(states=rows * num_envs, num_envs=num_envs, stagger=None)
+    config = dataset.DatasetConfig(states=rows * num_envs, num_envs=num_envs, stagger=stagger)
     policy = _Acting(env_id, apply_fn)
     init, shard = dataset.make_gymnax_generator(policy, config)
     warmup = coverage.make_graph_warmup(

@@ -20,6 +20,7 @@ MinAtar (gymnax, in the graph) only; multi-task regimes are not written yet.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any, NamedTuple
@@ -73,6 +74,9 @@ class RegimeConfig:
     """states in each diagnostic set (training, held-out teacher, the student's own)"""
     diag_envs: PositiveInt = 16
     """envs the teacher and the student play in for the held-out and visited sets"""
+    stagger: int | None = None
+    """W of the staggered starts of the acting envs and of the diagnostic sets (none: the
+    env's longest episode, as a dataset's)"""
 
     def __post_init__(self):
         require(self.regime in REGIMES, "regime", self.regime, f"one of {REGIMES}")
@@ -81,6 +85,12 @@ class RegimeConfig:
         in_range("updates_per_state", self.updates_per_state, 1e-4, 1e4)
         in_range("beta0", self.beta0, 0.0, 1.0)
         in_range("beta_decay", self.beta_decay, 0.0, 1.0)
+        require(
+            self.stagger is None or isinstance(self.stagger, int) and self.stagger > 0,
+            "stagger",
+            self.stagger,
+            "must be none or an integer > 0",
+        )
         require(
             self.buffer_states >= self.actors,
             "buffer_states",
@@ -92,6 +102,10 @@ class RegimeConfig:
     def rows_per_round(self) -> int:
         """Rows (of `actors` states) recorded a round: interleave / (U * actors), at least 1."""
         return max(1, round(self.interleave / (self.updates_per_state * self.actors)))
+
+    def stagger_steps(self, spec: envs.EnvSpec) -> int:
+        """W for `spec`: `stagger`, or `coverage.default_stagger` when unset."""
+        return coverage.default_stagger(spec) if self.stagger is None else self.stagger
 
     @property
     def buffer_rows(self) -> int:
@@ -131,7 +145,7 @@ def make_actor(env_id: str, teacher_apply, student_apply, config: RegimeConfig):
     env = envs.make(env_id)
     storage = families.storage_dtype(env.spec)
     warmup = coverage.make_graph_warmup(
-        env, teacher_apply, evaluate.EVAL_EPSILON, coverage.default_stagger(env.spec)
+        env, teacher_apply, evaluate.EVAL_EPSILON, config.stagger_steps(env.spec)
     )
 
     def init(teacher_params, key):
@@ -225,14 +239,24 @@ class RegimeJob(jobs.Job):
         apply_s, apply_t = self.distiller.network.apply, teacher.apply
         self.actor_init, self.actor_rows = make_actor(self.env_id, apply_t, apply_s, regime)
         self.evaluator = evaluate.make_gymnax_evaluator(self.env_id, apply_s, config.eval_episodes)
-        self.heldout_states = diagnostics.make_teacher_states(
-            self.env_id, apply_t, regime.diag_states, regime.diag_envs
+        self.heldout_states = xla.jit(
+            diagnostics.make_teacher_states(
+                self.env_id, apply_t, regime.diag_states, regime.diag_envs, regime.stagger
+            )
         )
         self.visited_states = diagnostics.make_teacher_states(
-            self.env_id, apply_s, regime.diag_states, regime.diag_envs
+            self.env_id, apply_s, regime.diag_states, regime.diag_envs, regime.stagger
         )
         self.block = xla.jit(self._block)
+        self.fill = xla.jit(self._fill)
         self.diagnose = xla.jit(self._diagnose)
+
+    def for_seed(self, seed: int) -> RegimeJob:
+        """The same job for another seed, sharing its compiled functions (the seed only enters
+        through the keys, never the graph)."""
+        job = copy.copy(self)
+        job.config = dataclasses.replace(self.config, seed=seed)
+        return job
 
     # ---- identity and state
 
@@ -262,7 +286,7 @@ class RegimeJob(jobs.Job):
         if self.regime.regime == "offline":
             return RegimeState(s, {}, jnp.zeros((), jnp.int32), ())
         key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 0xAC7)
-        return xla.jit(self._fill)(self.teacher.params, s, key)
+        return self.fill(self.teacher.params, s, key)
 
     def _fill(self, teacher_params, s: student.StudentState, key) -> RegimeState:
         """The buffer filled by the teacher's own play (beta 1) before the first update."""
@@ -313,10 +337,9 @@ class RegimeJob(jobs.Job):
         score = jnp.mean(self.evaluator(s.params, k_eval, jnp.float32(evaluate.EVAL_EPSILON)))
         return RegimeState(s, buffer, ptr, actor), (jnp.mean(loss), jnp.mean(agree), score)
 
-    def _diagnose(self, params, teacher_params, train, heldout, block, hyper):
-        """The three sets' agreement and KL after block `block` (its own keys, so the
-        training stream is the same with or without diagnostics)."""
-        key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed ^ 0xD1A6), block)
+    def _diagnose(self, params, teacher_params, train, heldout, key, hyper):
+        """The three sets' agreement and KL after a block, drawn with `key` (its own keys, so
+        the training stream is the same with or without diagnostics)."""
         k_train, k_visit = jax.random.split(key)
         n = self.regime.diag_states
         train_obs, train_q = dataset.sample(train, k_train, n, 1, self.first_row)
@@ -337,8 +360,9 @@ class RegimeJob(jobs.Job):
         beta = float(beta_at(self.regime, block))
         state, (loss, agree, score) = self.block(state, self.teacher.params, self.arrays, hyper)
         train = self.arrays if self.regime.regime == "offline" else state.buffer
+        key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed ^ 0xD1A6), block)
         diag = self.diagnose(
-            state.student.params, self.teacher.params, train, self.heldout, block, hyper
+            state.student.params, self.teacher.params, train, self.heldout, key, hyper
         )
         row = {
             "updates": int(state.student.updates),
