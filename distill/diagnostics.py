@@ -10,7 +10,7 @@ After every evaluation block a student is compared with its teacher on
 On each set: the agreement of the greedy actions (`argmax student_q == argmax teacher_q`) and
 KL(softmax(teacher_q / tau) || softmax(student_q)), the paper's KL loss. Together they tell the
 limits apart (`limit`): undertraining (all three low and still rising), overfitting (a >> b) and
-covariate shift (b >> c; Ross et al. 2011, the reason for DAgger).
+covariate shift (b >> c; Ross et al. 2011, the reason for DAgger); thresholds below.
 
 Everything here is pure and jittable except `limit`, which reads floats.
 """
@@ -55,12 +55,12 @@ def limit(rows: Sequence[dict]) -> str:
     """Which limit the last of a run's diagnostic rows shows.
 
     Each row holds `agreement_train`, `agreement_heldout` and `agreement_visited` (one row per
-    evaluation block, oldest first). In this order:
+    evaluation block, oldest first); a, b, c below. In this order:
 
-    - `overfitting`: a - b > OVERFIT_GAP;
-    - `covariate shift`: b - c > SHIFT_GAP;
     - `undertraining`: all three < LOW_AGREEMENT and one of them rose by more than RISING over
-      the last block (or there is only one block);
+      the last block (or there is only one block): more updates come first, whatever the gaps;
+    - `overfitting` (a - b > OVERFIT_GAP) or `covariate shift` (b - c > SHIFT_GAP): the larger
+      gap, when one is over its threshold;
     - `plateau`: all three low but none rising (the student or its data is too small);
     - `none`: all three at LOW_AGREEMENT or above, close together.
     """
@@ -68,17 +68,19 @@ def limit(rows: Sequence[dict]) -> str:
         raise ValueError("limit needs at least one row of diagnostics")
     last = rows[-1]
     a, b, c = (float(last[f"agreement_{s}"]) for s in SETS)
-    if a - b > OVERFIT_GAP:
-        return "overfitting"
-    if b - c > SHIFT_GAP:
-        return "covariate shift"
-    if max(a, b, c) < LOW_AGREEMENT:
-        if len(rows) == 1:
-            return "undertraining"
+    low = max(a, b, c) < LOW_AGREEMENT
+    if low and len(rows) == 1:
+        return "undertraining"
+    if low:
         prev = rows[-2]
         rise = max(float(last[f"agreement_{s}"]) - float(prev[f"agreement_{s}"]) for s in SETS)
-        return "undertraining" if rise > RISING else "plateau"
-    return "none"
+        if rise > RISING:
+            return "undertraining"
+    gaps = {"overfitting": a - b - OVERFIT_GAP, "covariate shift": b - c - SHIFT_GAP}
+    worst = max(gaps, key=gaps.get)
+    if gaps[worst] > 0:
+        return worst
+    return "plateau" if low else "none"
 
 
 # ---------------------------------------------------------------------------- the three sets

@@ -80,6 +80,11 @@ def row(a, b, c):
         ([row(0.40, 0.40, 0.40), row(0.50, 0.49, 0.48)], "undertraining"),
         ([row(0.70, 0.70, 0.70), row(0.70, 0.705, 0.70)], "plateau"),
         ([row(0.97, 0.96, 0.95)], "none"),
+        # all low and rising: undertraining first, whatever the gaps
+        ([row(0.60, 0.50, 0.30), row(0.66, 0.54, 0.46)], "undertraining"),
+        # both gaps over their thresholds: the larger names the limit
+        ([row(0.66, 0.60, 0.455), row(0.66, 0.60, 0.46)], "covariate shift"),
+        ([row(0.99, 0.90, 0.84)], "overfitting"),
     ],
 )
 def test_limit_thresholds(rows, expected):
