@@ -158,9 +158,13 @@ def cmd_dataset(args) -> int:
 
 
 def cmd_student(args) -> int:
-    from distill import dataset, student
+    from distill import dataset, regimes, student
 
     config = student_config(args)
+    regime = cliconf.config_from_args(regimes.RegimeConfig, args)
+    if regime.regime != "offline" or args.teacher:  # a teacher in the loop: distill.regimes
+        return regimes.cmd_student(args, config, regime)
+    regimes.need_dataset(args.dataset)
     mesh = _mesh(args, ("data",))
     data = dataset.load_dataset(args.dataset, env_id=args.env)
     policy = student.fit(
@@ -254,7 +258,7 @@ _budget_overrides = cliconf.budget_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distill import dataset, evaluate, explain, losses, play, student, tb, teacher
+    from distill import dataset, evaluate, explain, losses, play, regimes, student, tb, teacher
 
     p = _Parser(
         prog="distill",
@@ -309,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_dataset)
 
     s = sub.add_parser("student", help="distil a student from a teacher dataset")
-    s.add_argument("--dataset", required=True, type=_existing_dir, help="dataset folder")
+    s.add_argument("--dataset", type=_existing_dir, help="dataset folder (--regime offline)")
+    s.add_argument("--teacher", type=_existing_dir, help="teacher (stream, dagger; diagnostics)")
     s.add_argument("--env", help="refuse a dataset made for another env")
     s.add_argument("--out", required=True, help="student checkpoint folder")
     s.add_argument("--resume", action="store_true", help="continue an interrupted student")
@@ -317,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_option(s)
     s.add_argument("--mesh", help="data=N: split each minibatch over N devices")
     cliconf.add_config_options(s, student.StudentConfig)
+    cliconf.add_config_options(s, regimes.RegimeConfig)
     s.set_defaults(func=cmd_student)
 
     from distill import experiments, reproduce

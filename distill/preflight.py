@@ -130,5 +130,6 @@ def check(args: Any, config: Any = None) -> None:
     elif args.command == "dataset":
         check_space(out, dataset_bytes(config, args.teacher), "the dataset")
     elif args.command == "student":
-        check_student_batch(config, args.dataset)
+        if args.dataset:  # stream and dagger students have none (distill.regimes)
+            check_student_batch(config, args.dataset)
         check_space(out, SLACK, "the student's checkpoints")

@@ -45,13 +45,19 @@ AGGREGATE_COLUMNS = (
     ("normalised_mean", "random-normalised mean", 2),
 )
 LEVEL = 0.95
-GROUP_KEYS = ("loss", "net", "method")  # the keys a stage's rows are grouped by
+GROUP_KEYS = ("loss", "net", "method", "regime")  # the keys a stage's rows are grouped by
 REFERENCE = "teacher's score"  # the pseudo-group of the teachers' reference scores (100 %)
 # the pairs P(X > Y) is reported for, per stage (X first); each group is also compared with the
 # teacher's reference score
 PAIRS = {
     "losses": [("kl", "nll"), ("kl", "mse"), ("nll", "mse")],
     "compression": [("teacher", "net1"), ("net1", "net2"), ("net2", "net3")],
+    # regimes: by regime alone at one net (smoke), else by net/regime
+    "regimes": [
+        (f"{n}{x}", f"{n}{y}")
+        for n in ("", "teacher/", "net2/")
+        for x, y in (("stream", "offline"), ("dagger", "offline"), ("dagger", "stream"))
+    ],
     "multitask": [
         ("distilled-kl", "distilled-nll"),
         ("distilled-kl", "multi-dqn"),

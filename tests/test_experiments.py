@@ -149,7 +149,13 @@ def test_budget_is_built_by_keyword():
 
 
 def test_every_experiment_is_registered_and_on_the_command_line():
-    assert list(experiments.EXPERIMENTS) == ["losses", "compression", "multitask", "online"]
+    assert list(experiments.EXPERIMENTS) == [
+        "losses",
+        "compression",
+        "multitask",
+        "online",
+        "regimes",
+    ]
     for name, e in experiments.EXPERIMENTS.items():
         assert e.name == name and e.help and callable(e.run) and callable(e.write)
     parser = cli.build_parser()

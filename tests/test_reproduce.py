@@ -22,11 +22,17 @@ def minatar_smoke(tmp_path_factory):
 
 def test_report_and_results_are_written(minatar_smoke):
     report = (minatar_smoke / "report.md").read_text()
-    for heading in ("## Teachers", "## Loss comparison", "## Compression", "## Online"):
+    for heading in (
+        "## Teachers",
+        "## Loss comparison",
+        "## Compression",
+        "## Online",
+        "## Regimes",
+    ):
         assert heading in report
     assert "108.3" in report  # the paper's numbers stand beside ours
     results = json.loads((minatar_smoke / "results.json").read_text())
-    assert set(results["results"]) == {"teachers", "losses", "compression", "online"}
+    assert set(results["results"]) == {"teachers", "losses", "compression", "online", "regimes"}
     assert results["meta"]["command"].startswith("distill reproduce --suite minatar")
     for png in ("losses/loss_comparison.png", "compression/compression.png", "online/online.png"):
         assert (minatar_smoke / png).stat().st_size > 1000
@@ -47,7 +53,7 @@ def test_rerun_skips_finished_stages(minatar_smoke, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert out.count("finished before, skipped") == 4
+    assert out.count("finished before, skipped") == 5
 
 
 def test_interrupted_run_keeps_its_students_and_a_partial_report(
@@ -96,7 +102,7 @@ def test_only_the_named_stages_run(minatar_smoke, tmp_path, capsys):
     assert cli.main([*argv, "--stages", "online"]) == 0
     printed = capsys.readouterr().out
     assert "compression: not asked for, left" in printed
-    assert printed.count("finished before, skipped") == 3
+    assert printed.count("finished before, skipped") == 4
     assert "Unfinished, not run yet: compression" in (out / "report.md").read_text()
     # the smoke budget has one game, hence no multi-task stage
     with pytest.raises(ConfigError, match=r"stages=\['multitask'\] not in the minatar suite"):
@@ -129,6 +135,7 @@ def test_stages_come_from_the_registry():
         "losses",
         "compression",
         "online",
+        "regimes",
     ]
     for name in ("quick", "full"):
         assert reproduce.stages_for("minatar", minatar[name]) == [
@@ -137,6 +144,7 @@ def test_stages_come_from_the_registry():
             "compression",
             "multitask",
             "online",
+            "regimes",
         ]
     for name in ("smoke", "quick", "full"):
         assert reproduce.stages_for("atari", atari[name]) == ["teachers", "compression", "losses"]

@@ -1,0 +1,142 @@
+"""What limits a student: its agreement with the teacher on three kinds of states.
+
+After every evaluation block a student is compared with its teacher on
+
+- (a) `train`: a sample of the states it trains on (its dataset or its buffer);
+- (b) `heldout`: teacher states it never trained on (the teacher's own play, other episodes);
+- (c) `visited`: states the student reaches itself (acting at epsilon 0.05), labelled by the
+  teacher.
+
+On each set: the agreement of the greedy actions (`argmax student_q == argmax teacher_q`) and
+KL(softmax(teacher_q / tau) || softmax(student_q)), the paper's KL loss. Together they tell the
+limits apart (`limit`): undertraining (all three low and still rising), overfitting (a >> b) and
+covariate shift (b >> c; Ross et al. 2011, the reason for DAgger); thresholds below.
+
+Everything here is pure and jittable except `limit`, which reads floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from distill import acting, coverage, dataset, envs, losses
+
+SETS = ("train", "heldout", "visited")
+
+# The thresholds of `limit`, in points of argmax agreement (fractions of states).
+OVERFIT_GAP = 0.05
+"""a - b above this: the student fits its training states better than the teacher's others"""
+SHIFT_GAP = 0.05
+"""b - c above this: the student's own states are harder for it than the teacher's"""
+LOW_AGREEMENT = 0.9
+"""all three below this count as low"""
+RISING = 0.01
+"""a rise of any of the three over the last block above this counts as still rising"""
+
+
+class Agreement(NamedTuple):
+    agreement: jax.Array  # [] fraction of states where argmax student_q == argmax teacher_q
+    kl: jax.Array  # [] mean KL(softmax(teacher_q / tau) || softmax(student_q))
+
+
+def agreement_and_kl(
+    student_q: jax.Array, teacher_q: jax.Array, tau: float | jax.Array = losses.DEFAULT_TAU
+) -> Agreement:
+    """Agreement and KL of `[batch, actions]` Q-values; greedy ties go to the lowest action."""
+    agree = jnp.mean(jnp.argmax(student_q, -1) == jnp.argmax(teacher_q, -1))
+    return Agreement(agree, losses.kl(student_q, teacher_q, tau))
+
+
+def limit(rows: Sequence[dict]) -> str:
+    """Which limit the last of a run's diagnostic rows shows.
+
+    Each row holds `agreement_train`, `agreement_heldout` and `agreement_visited` (one row per
+    evaluation block, oldest first); a, b, c below. In this order:
+
+    - `undertraining`: all three < LOW_AGREEMENT and one of them rose by more than RISING over
+      the last block (or there is only one block): more updates come first, whatever the gaps;
+    - `overfitting` (a - b > OVERFIT_GAP) or `covariate shift` (b - c > SHIFT_GAP): the larger
+      gap, when one is over its threshold;
+    - `plateau`: all three low but none rising (the student or its data is too small);
+    - `none`: all three at LOW_AGREEMENT or above, close together.
+    """
+    if not rows:
+        raise ValueError("limit needs at least one row of diagnostics")
+    last = rows[-1]
+    a, b, c = (float(last[f"agreement_{s}"]) for s in SETS)
+    low = max(a, b, c) < LOW_AGREEMENT
+    if low and len(rows) == 1:
+        return "undertraining"
+    if low:
+        prev = rows[-2]
+        rise = max(float(last[f"agreement_{s}"]) - float(prev[f"agreement_{s}"]) for s in SETS)
+        if rise > RISING:
+            return "undertraining"
+    gaps = {"overfitting": a - b - OVERFIT_GAP, "covariate shift": b - c - SHIFT_GAP}
+    worst = max(gaps, key=gaps.get)
+    if gaps[worst] > 0:
+        return worst
+    return "plateau" if low else "none"
+
+
+# ---------------------------------------------------------------------------- the three sets
+
+
+def make_teacher_states(
+    env_id: str, apply_fn: acting.ApplyFn, states: int, num_envs: int, stagger: int | None = None
+):
+    """`sample(acting_params, key) -> obs [states, ...]`: states of a policy's own play.
+
+    The policy acts at epsilon 0.05 in `num_envs` envs from staggered starts
+    (`coverage.make_graph_warmup` over `stagger` steps; none: the env's longest episode), then
+    `states / num_envs` steps are recorded: a sample of its long-run state distribution, as a
+    dataset holds. Pure.
+    """
+    env = envs.make(env_id)
+    rows = max(1, states // num_envs)
+    config = dataset.DatasetConfig(states=rows * num_envs, num_envs=num_envs, stagger=stagger)
+    policy = _Acting(env_id, apply_fn)
+    init, shard = dataset.make_gymnax_generator(policy, config)
+    warmup = coverage.make_graph_warmup(
+        env, apply_fn, config.epsilon, config.stagger_steps(env.spec)
+    )
+
+    def sample(params, key):
+        state = warmup(params, init(key))
+        _, record = shard(params, state, rows)
+        obs = record["obs"]  # [rows, envs, ...] in storage dtype
+        return obs.reshape(rows * num_envs, *obs.shape[2:])
+
+    return sample
+
+
+class _Acting(NamedTuple):
+    env_id: str
+    apply: acting.ApplyFn
+
+
+def measure(
+    student_apply: acting.ApplyFn,
+    student_params: Any,
+    teacher_apply: acting.ApplyFn,
+    teacher_params: Any,
+    sets: dict[str, tuple[jax.Array, jax.Array]],
+    tau: float | jax.Array = losses.DEFAULT_TAU,
+) -> dict[str, jax.Array]:
+    """`{"agreement_<set>", "kl_<set>"}` for each of `sets` `{name: (obs, teacher_q or None)}`.
+
+    A set without teacher Q-values (`None`, the student's own states) is labelled by the
+    teacher here. Pure.
+    """
+    out = {}
+    for name, (obs, teacher_q) in sets.items():
+        obs = obs.astype(jnp.float32)
+        if teacher_q is None:
+            teacher_q = teacher_apply(teacher_params, obs)
+        a = agreement_and_kl(student_apply(student_params, obs), teacher_q, tau)
+        out[f"agreement_{name}"], out[f"kl_{name}"] = a.agreement, a.kl
+    return out
