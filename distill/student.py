@@ -136,13 +136,17 @@ class BlockMetrics(NamedTuple):
     held_out: Any = float("nan")  # agreement on held-out states (plateau rule; nan without it)
 
 
-def config_identity(config: StudentConfig) -> dict:
-    """The config as manifests and cache names hold it. The plateau fields appear only when the
-    rule is on, so fixed-count students keep the names and manifests they had before it."""
-    out = dataclasses.asdict(config)
-    if config.plateau_blocks == 0:
-        for name in ("plateau_blocks", "plateau_delta", "held_out"):
-            out.pop(name)
+PLATEAU_FIELDS = ("plateau_blocks", "plateau_delta", "held_out")
+
+
+def config_identity(config: StudentConfig | dict) -> dict:
+    """The config (or its dict) as cache names and comparisons take it: the plateau fields only
+    when the rule is on, so fixed-count students keep the names they had before it and their
+    manifests from before it still match."""
+    out = dict(config) if isinstance(config, dict) else dataclasses.asdict(config)
+    if not out.get("plateau_blocks"):
+        for name in PLATEAU_FIELDS:
+            out.pop(name, None)
     return out
 
 
@@ -338,12 +342,13 @@ class StudentJob(jobs.Job):
             )
 
     def identity(self) -> dict:
-        return {"config": config_identity(self.config), "dataset": self.fingerprint}
+        return {"config": dataclasses.asdict(self.config), "dataset": self.fingerprint}
 
     def matches(self, manifest: dict) -> bool:
-        return manifest.get("config") == self.identity()["config"] and dataset.same_source(
-            manifest.get("dataset"), self.fingerprint
-        )
+        config = manifest.get("config")
+        return (
+            isinstance(config, dict) and config_identity(config) == config_identity(self.config)
+        ) and dataset.same_source(manifest.get("dataset"), self.fingerprint)
 
     def init(self) -> StudentState:
         return self.distiller.init(jax.random.PRNGKey(self.config.seed))

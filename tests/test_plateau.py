@@ -63,6 +63,8 @@ def test_config_fields_and_identity():
     assert fixed.plateau_blocks == 0  # the default: a fixed count, as before
     # fixed-count students keep the manifests and cache names they had before the rule
     assert "plateau_blocks" not in student.config_identity(fixed)
+    old_manifest = student.config_identity(fixed)  # a manifest from before the rule
+    assert student.config_identity(old_manifest) == student.config_identity(fixed)
     ruled = student.StudentConfig(plateau_blocks=3, plateau_delta=0.01)
     assert student.config_identity(ruled)["plateau_blocks"] == 3
     for bad in ({"plateau_blocks": -1}, {"plateau_delta": 2.0}, {"held_out": 1.0}):
