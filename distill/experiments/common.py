@@ -65,13 +65,7 @@ class Budget:
     @property
     def rule(self) -> str:
         """The students' budget in words, as reports state it."""
-        if not self.plateau_blocks:
-            return f"{self.updates:,} updates each (fixed)"
-        return (
-            f"to the plateau of held-out agreement (no rise over {self.plateau_delta:g} in "
-            f"{self.plateau_blocks} blocks of {self.eval_every:,} updates), at most "
-            f"{self.updates:,} updates"
-        )
+        return rule_of(dataclasses.asdict(self))
 
     def __post_init__(self):
         from distill.config import positive_int, require
@@ -106,6 +100,17 @@ class Budget:
         for name in ("online_teacher_steps", "online_rounds", "plateau_blocks"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, name, value, "must be an integer >= 0")
+
+
+def rule_of(b: dict) -> str:
+    """The students' budget in words, from a budget's dict (as results.json holds it)."""
+    if not b.get("plateau_blocks"):
+        return f"{b['updates']:,} updates each (fixed)"
+    return (
+        f"to the plateau of held-out agreement (no rise over {b['plateau_delta']:g} in "
+        f"{b['plateau_blocks']} blocks of {b['eval_every']:,} updates), at most "
+        f"{b['updates']:,} updates"
+    )
 
 
 MINATAR_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar")

@@ -106,6 +106,8 @@ def report_section(result: dict) -> list[str]:
         "Paper: KL >= NLL > MSE, and a same-size KL student can beat its teacher "
         "(independent Pong reimplementation: KL 11.9, NLL 10.9, MSE 8.4).",
         "",
+        f"Students trained {common.rule_of(result['budget'])}.",
+        "",
         report.markdown_table(common.summarise(result["rows"], BY), common.summary_columns(BY)),
         "",
         "![loss comparison](losses/loss_comparison.png)",
