@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HELD_OUT_STATES = 4_096
-"""states of the fixed held-out sample every student of a dataset is measured on"""
+HELD_OUT_STATES = 16_384
+"""states of the fixed held-out sample every student of a dataset is measured on (the
+agreement's standard error about 0.003 at 0.85: 4,096 states, 0.006, stopped students on noise)"""
 HELD_OUT_KEY = 0
 """the key of that sample: the same states for every seed, loss and network"""
 
