@@ -129,6 +129,26 @@ def score_curves(curves: Sequence[dict], key: str = "loss", ax=None, title: str 
     return ax
 
 
+def held_out_curves(curves: Sequence[dict], key: str = "loss", ax=None, title: str = ""):
+    """Held-out agreement against updates (mean +- std over seeds) to the plateau, one line per
+    curve, each seed's plateau marked on it."""
+    ax = _axes(ax)
+    for c in curves:
+        x = np.asarray(c["held_out_updates"])
+        m, s = np.asarray(c["held_out_mean"]), np.asarray(c["held_out_std"])
+        (line,) = ax.plot(x, m, label=str(c[key]))
+        ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
+        at = np.searchsorted(x, c["plateau_updates"]).clip(0, len(x) - 1)
+        ax.plot(x[at], m[at], "v", color=line.get_color(), ms=5)
+    ax.set_xlabel("student updates (v: a seed's plateau)")
+    ax.set_ylabel("held-out agreement with teacher")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
 def reference_line(ax, value: float, label: str, color: str = "grey"):
     ax.axhline(value, color=color, ls="--", lw=1, label=label)
     ax.legend(fontsize=8)
@@ -145,6 +165,9 @@ def loss_comparison_figure(result: dict):
     fig, axes = plt.subplots(1, len(games), figsize=(4.2 * len(games), 3.3), squeeze=False)
     for ax, t in zip(axes[0], result["teachers"], strict=True):
         curves = [c for c in result["curves"] if c["game"] == t["game"]]
+        if curves and "held_out_mean" in curves[0]:  # trained to a plateau: its learning curve
+            held_out_curves(curves, key="loss", ax=ax, title=t["game"])
+            continue
         score_curves(curves, key="loss", ax=ax, title=t["game"])
         reference_line(ax, t["teacher_score"], "teacher", "black")
         reference_line(ax, t["random_score"], "random", "grey")

@@ -34,6 +34,7 @@ from distill import (
     jobs,
     losses,
     networks,
+    plateau,
     sharding,
     xla,
 )
@@ -67,6 +68,14 @@ class StudentConfig:
     """episodes per evaluation (epsilon 0.05)"""
     seed: int = 0
     """random seed (network init, minibatches, evaluation)"""
+    plateau_blocks: int = 0
+    """plateau rule (distill.plateau): stop once held-out agreement has not improved for this
+    many evaluation blocks, `updates` being the cap; 0: exactly `updates` (students side by side
+    in experiments only)"""
+    plateau_delta: float = 0.0
+    """least rise of held-out agreement over its best that counts as an improvement"""
+    held_out: float = 0.125
+    """fraction of the dataset's env columns held out to measure agreement (plateau rule only)"""
 
     def __post_init__(self):
         require(self.loss in losses.LOSSES, "loss", self.loss, f"one of {tuple(losses.LOSSES)}")
@@ -89,6 +98,19 @@ class StudentConfig:
         )
         in_range("lr", self.lr, 1e-8, 1.0)
         require(isinstance(self.seed, int), "seed", self.seed, "must be an integer")
+        require(
+            isinstance(self.plateau_blocks, int) and self.plateau_blocks >= 0,
+            "plateau_blocks",
+            self.plateau_blocks,
+            "must be an integer >= 0 (0: a fixed count of updates)",
+        )
+        in_range("plateau_delta", self.plateau_delta, 0.0, 1.0)
+        require(
+            isinstance(self.held_out, int | float) and 0 < self.held_out < 1,
+            "held_out",
+            self.held_out,
+            "must be a fraction in (0, 1)",
+        )
 
     @property
     def blocks(self) -> int:
@@ -111,6 +133,37 @@ class BlockMetrics(NamedTuple):
     loss: jax.Array  # mean training loss over the block
     agreement: jax.Array  # fraction of the block's minibatch states where argmax student = teacher
     score: jax.Array  # mean evaluation score after the block (nan when not evaluated in-graph)
+    held_out: Any = float("nan")  # agreement on held-out states (plateau rule; nan without it)
+
+
+PLATEAU_FIELDS = ("plateau_blocks", "plateau_delta", "held_out")
+
+
+def config_identity(config: StudentConfig | dict) -> dict:
+    """The config (or its dict) as cache names and comparisons take it: the plateau fields only
+    when the rule is on, so fixed-count students keep the names they had before it and their
+    manifests from before it still match."""
+    out = dict(config) if isinstance(config, dict) else dataclasses.asdict(config)
+    if not out.get("plateau_blocks"):
+        for name in PLATEAU_FIELDS:
+            out.pop(name, None)
+    return out
+
+
+def held_out_split(config: StudentConfig, data: dataset.Dataset) -> tuple[dict, tuple]:
+    """(training arrays: the dataset's first env columns, held-out sample: (obs `[n, *obs]`,
+    teacher q `[n, A]`)) for the plateau rule; the sample is the same for every seed."""
+    from distill.explain.linear import split_envs
+
+    train, held = split_envs(data.arrays(), config.held_out)
+    sample = dataset.sample(
+        held,
+        jax.random.PRNGKey(plateau.HELD_OUT_KEY),
+        plateau.HELD_OUT_STATES,
+        data.stack,
+        data.first_row,
+    )
+    return train, sample
 
 
 def make_optimizer(config: StudentConfig) -> optax.GradientTransformation:
@@ -125,6 +178,7 @@ class Distiller(NamedTuple):
     init: Callable[[jax.Array], StudentState]
     run: Callable[..., tuple[StudentState, BlockMetrics]]
     step: Callable[..., tuple[StudentState, tuple[jax.Array, jax.Array]]]
+    run_plateau: Callable[..., tuple[tuple[StudentState, plateau.Plateau], BlockMetrics]]
 
 
 def make_distill(
@@ -179,7 +233,7 @@ def make_distill(
         else:
             score = jnp.float32(jnp.nan)
         new = StudentState(params, opt_state, key, state.updates + config.eval_every)
-        return new, BlockMetrics(jnp.mean(loss), jnp.mean(agree), score)
+        return new, BlockMetrics(jnp.mean(loss), jnp.mean(agree), score, jnp.float32(jnp.nan))
 
     def run(state, data, hyper, blocks: int, first_row: int = 0, evaluate_in_graph: bool = True):
         """`blocks` blocks of `eval_every` updates, each followed by an evaluation."""
@@ -198,7 +252,31 @@ def make_distill(
         )
         return StudentState(params, opt_state, key, state.updates + 1), metrics
 
-    return Distiller(config, network, init, run, step)
+    def run_plateau(state, rule, train, held, hyper, blocks: int, first_row: int = 0):
+        """`blocks` blocks under the plateau rule (`distill.plateau`): each trains on `train`,
+        measures agreement on `held` (obs `[n, ...]`, teacher q `[n, A]`) and updates `rule`; a
+        stopped student is left as it was and reports nan. No evaluation in the env: the final
+        score is the caller's (paired). Returns ((state, rule), BlockMetrics `[blocks]`)."""
+        nan = jnp.float32(jnp.nan)
+
+        def train_block(s):
+            new, m = block(s, train, hyper, first_row, False)
+            held_out = plateau.agreement(network.apply(new.params, held[0]), held[1])
+            return new, m._replace(held_out=held_out.astype(jnp.float32))
+
+        def one(carry, _):
+            s, r = carry
+            s, m = jax.lax.cond(
+                r.active, train_block, lambda s: (s, BlockMetrics(nan, nan, nan, nan)), s
+            )
+            r = plateau.update(
+                r, m.held_out, config.plateau_blocks, config.plateau_delta, config.blocks
+            )
+            return (s, r), m
+
+        return jax.lax.scan(one, (state, rule), None, length=blocks)
+
+    return Distiller(config, network, init, run, step, run_plateau)
 
 
 def dataset_fingerprint(data: dataset.Dataset) -> dict:
@@ -231,6 +309,12 @@ class StudentJob(jobs.Job):
     step_name, unit = "update", "upd"
 
     def __init__(self, config: StudentConfig, data: dataset.Dataset, mesh=None, every_s=0.0):
+        if config.plateau_blocks:
+            raise ConfigError(
+                f"plateau_blocks={config.plateau_blocks}: the plateau rule is for students "
+                "trained side by side in experiments (distill.experiments.seeds); a single "
+                "student trains a fixed count of updates (plateau_blocks=0)"
+            )
         self.config, self.data, self.mesh = config, data, mesh
         self.checkpoint_every_s = every_s  # 0: after every block
         self.spec = envs.spec(data.env_id)
@@ -261,9 +345,10 @@ class StudentJob(jobs.Job):
         return {"config": dataclasses.asdict(self.config), "dataset": self.fingerprint}
 
     def matches(self, manifest: dict) -> bool:
-        return manifest.get("config") == self.identity()["config"] and dataset.same_source(
-            manifest.get("dataset"), self.fingerprint
-        )
+        config = manifest.get("config")
+        return (
+            isinstance(config, dict) and config_identity(config) == config_identity(self.config)
+        ) and dataset.same_source(manifest.get("dataset"), self.fingerprint)
 
     def init(self) -> StudentState:
         return self.distiller.init(jax.random.PRNGKey(self.config.seed))

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import checkpoint, dataset, envs, families, paths, sharding, teacher
+from distill import checkpoint, dataset, envs, families, paths, sharding, student, teacher
 from distill.experiments import paired
 
 # ---------------------------------------------------------------------------- budgets
@@ -48,6 +48,24 @@ class Budget:
     """env steps of the teacher that trains during online distillation (0: no online stage)"""
     online_rounds: int
     """rounds of online distillation (teacher chunk, new data, student updates, evaluation)"""
+    plateau_blocks: int = 0
+    """the students' rule: 0, exactly `updates` each; n > 0, each trains until its held-out
+    agreement has not improved for n blocks of `eval_every` updates (`distill.plateau`), with
+    `updates` the cap"""
+    plateau_delta: float = 0.0
+    """least rise of held-out agreement that counts as an improvement under the plateau rule"""
+    fixed_updates: int | None = None
+    """updates of the students that train a fixed count whatever the rule (multi-task per game,
+    online per 10 rounds); none: `updates`"""
+
+    @property
+    def fixed_student_updates(self) -> int:
+        return self.fixed_updates if self.fixed_updates is not None else self.updates
+
+    @property
+    def rule(self) -> str:
+        """The students' budget in words, as reports state it."""
+        return rule_of(dataclasses.asdict(self))
 
     def __post_init__(self):
         from distill.config import positive_int, require
@@ -71,9 +89,28 @@ class Budget:
         )
         if self.multitask_dqn_steps is not None:
             positive_int("multitask_dqn_steps", self.multitask_dqn_steps)
-        for name in ("online_teacher_steps", "online_rounds"):
+        if self.fixed_updates is not None:
+            positive_int("fixed_updates", self.fixed_updates)
+            require(
+                self.fixed_updates % self.eval_every == 0,
+                "fixed_updates",
+                self.fixed_updates,
+                f"must be a multiple of eval_every={self.eval_every}",
+            )
+        for name in ("online_teacher_steps", "online_rounds", "plateau_blocks"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, name, value, "must be an integer >= 0")
+
+
+def rule_of(b: dict) -> str:
+    """The students' budget in words, from a budget's dict (as results.json holds it)."""
+    if not b.get("plateau_blocks"):
+        return f"{b['updates']:,} updates each (fixed)"
+    return (
+        f"to the plateau of held-out agreement (no rise over {b['plateau_delta']:g} in "
+        f"{b['plateau_blocks']} blocks of {b['eval_every']:,} updates), at most "
+        f"{b['updates']:,} updates"
+    )
 
 
 MINATAR_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar")
@@ -96,27 +133,33 @@ BUDGETS = {
         name="quick",
         games=MINATAR_GAMES,
         teacher_steps=1_000_000,
-        dataset_states=32_768,
-        updates=1_000,
-        eval_every=500,
+        dataset_states=131_072,
+        updates=30_000,
+        eval_every=1_000,
         seeds=3,
         eval_episodes=50,
         multitask_dqn_steps=200_000,
         online_teacher_steps=150_000,
         online_rounds=8,
+        plateau_blocks=5,
+        plateau_delta=0.002,
+        fixed_updates=1_000,
     ),
     "full": Budget(
         name="full",
         games=MINATAR_GAMES,
         teacher_steps=1_000_000,
         dataset_states=262_144,
-        updates=10_000,
+        updates=60_000,
         eval_every=2_000,
         seeds=5,
         eval_episodes=100,
         multitask_dqn_steps=None,
         online_teacher_steps=1_000_000,
         online_rounds=40,
+        plateau_blocks=5,
+        plateau_delta=0.001,
+        fixed_updates=10_000,
     ),
 }
 
@@ -166,6 +209,19 @@ ATARI_BUDGETS = {
 
 # `distill reproduce --suite S --budget B` runs SUITES[S][B]
 SUITES = {"minatar": BUDGETS, "atari": ATARI_BUDGETS}
+
+
+def student_config(b: Budget, **fields) -> student.StudentConfig:
+    """An experiment's StudentConfig at the budget: its updates (the cap under the plateau
+    rule), evaluation blocks, episodes and rule, with `fields` (loss, tau, net) on top."""
+    return student.StudentConfig(
+        updates=b.updates,
+        eval_every=b.eval_every,
+        eval_episodes=b.eval_episodes,
+        plateau_blocks=b.plateau_blocks,
+        plateau_delta=b.plateau_delta,
+        **fields,
+    )
 
 
 def budget(name: str, **overrides) -> Budget:

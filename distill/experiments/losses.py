@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import losses, paths, report, student
+from distill import losses, paths, report
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common, paired, seeds
 from distill.experiments.registry import Experiment
@@ -37,14 +37,7 @@ def loss_comparison(
         _, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
         for loss in losses:
-            config = student.StudentConfig(
-                loss=loss,
-                tau=tau,
-                net=net,
-                updates=b.updates,
-                eval_every=b.eval_every,
-                eval_episodes=b.eval_episodes,
-            )
+            config = common.student_config(b, loss=loss, tau=tau, net=net)
             _, state, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
             # the final score of each student: on the teacher's paired episodes
             final = paired.student_scores(env_id, net, state.params, b.eval_episodes)
@@ -57,14 +50,16 @@ def loss_comparison(
                         "seed": seed,
                         **common.paired_row(final[seed], reference),
                         "agreement": float(m.agreement[seed, -1]),
+                        **seeds.plateau_columns(config, m, seed),
                     }
                 )
             curves.append(
                 {
                     "game": env_id,
                     "loss": loss,
-                    "updates": [(i + 1) * b.eval_every for i in range(config.blocks)],
+                    "updates": [(i + 1) * b.eval_every for i in range(m.score.shape[1])],
                     **final_curve(m.score, final.mean(axis=1)),
+                    **seeds.plateau_curve(config, m),
                 }
             )
     return {"rows": rows, "curves": curves, "teachers": teachers, "budget": dataclasses.asdict(b)}
@@ -110,6 +105,8 @@ def report_section(result: dict) -> list[str]:
         "",
         "Paper: KL >= NLL > MSE, and a same-size KL student can beat its teacher "
         "(independent Pong reimplementation: KL 11.9, NLL 10.9, MSE 8.4).",
+        "",
+        f"Students trained {common.rule_of(result['budget'])}.",
         "",
         report.markdown_table(common.summarise(result["rows"], BY), common.summary_columns(BY)),
         "",

@@ -106,7 +106,7 @@ def multitask(
         config = student.StudentConfig(
             loss=loss,
             tau=tau,
-            updates=b.updates * len(games),
+            updates=b.fixed_student_updates * len(games),
             eval_every=b.eval_every * len(games),
             eval_episodes=b.eval_episodes,
         )

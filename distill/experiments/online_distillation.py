@@ -26,7 +26,7 @@ def online(
     s_config = student.StudentConfig(loss="kl", tau=tau)
     o_config = onl.OnlineConfig(
         rounds=b.online_rounds,
-        updates_per_round=max(b.updates // 10, 100),
+        updates_per_round=max(b.fixed_student_updates // 10, 100),
         eval_episodes=b.eval_episodes,
     )
     return onl.online_distillation(t_config, s_config, o_config, progress=progress)

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import envs, families, losses, networks, paths, report, student
+from distill import envs, families, losses, networks, paths, report
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common, paired, seeds
 from distill.experiments.registry import Experiment
@@ -42,14 +42,7 @@ def compression(
             families.net_spec(env_id, "teacher"), spec.obs_shape, spec.num_actions
         )
         for net in nets:
-            config = student.StudentConfig(
-                loss="kl",
-                tau=tau,
-                net=net,
-                updates=b.updates,
-                eval_every=b.eval_every,
-                eval_episodes=b.eval_episodes,
-            )
+            config = common.student_config(b, loss="kl", tau=tau, net=net)
             _, state, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
             final = paired.student_scores(env_id, net, state.params, b.eval_episodes)
             n_params = networks.param_count(
@@ -64,6 +57,7 @@ def compression(
                         "params_percent": 100.0 * n_params / teacher_params,
                         "seed": seed,
                         **common.paired_row(final[seed], reference),
+                        **seeds.plateau_columns(config, m, seed),
                     }
                 )
     geo, summary = compression_summary(rows)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, dataset, envs, families, sharding, student
+from distill import checkpoint, dataset, envs, families, plateau, sharding, student
 from distill.experiments import common
 
 
@@ -62,6 +62,8 @@ def distil_seeds(
         folder = Path(cache) / student_folder_name(config, data, seeds) if cache else None
         if folder is not None and (folder / checkpoint.MANIFEST).exists():
             result = _read_students(folder, config, data, seeds)
+        elif config.plateau_blocks:
+            result = _distil_plateau_seeds(config, data, seeds, mesh)
         else:
             result = _distil_in_graph_seeds(config, data, seeds, mesh)
             if folder is not None:
@@ -82,6 +84,69 @@ def _distil_in_graph_seeds(config, data, seeds, mesh):
     hyper = jax.tree_util.tree_map(jnp.float32, config.hyper)  # the loss's, e.g. {"tau": 0.01}
     state, metrics = run(keys, data.arrays(), hyper)
     return distiller, state, sharding.to_host(metrics)
+
+
+def _distil_plateau_seeds(config, data, seeds, mesh):
+    """Seeds side by side under the plateau rule: chunks of `plateau_blocks` blocks, one
+    compiled call each, until every seed has stopped or the cap (`config.blocks`) is reached.
+    Metrics are `[seeds, blocks run]`, nan after a seed stopped; the score is nan (no evaluation
+    in the env: the caller scores the final students on the paired episodes)."""
+    distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    train, held = student.held_out_split(config, data)
+    hyper = jax.tree_util.tree_map(jnp.float32, config.hyper)
+    chunk = min(config.plateau_blocks, config.blocks)
+
+    def one(carry, train, held, hyper):
+        state, rule = carry
+        return distiller.run_plateau(state, rule, train, held, hyper, chunk, data.first_row)
+
+    start = sharding.map_seeds(lambda key: (distiller.init(key), plateau.start()), mesh)
+    run = sharding.map_seeds(one, mesh)
+    carry, parts = start(keys), []
+    for _ in range(-(-config.blocks // chunk)):
+        carry, m = run(carry, train, held, hyper)
+        parts.append(sharding.to_host(m))
+        if not np.asarray(sharding.to_host(carry[1].active)).any():
+            break
+    metrics = jax.tree_util.tree_map(
+        lambda *xs: np.concatenate(xs, axis=1)[:, : config.blocks], *parts
+    )
+    return distiller, carry[0], student.BlockMetrics(*metrics)
+
+
+def plateau_columns(config: student.StudentConfig, metrics, seed: int) -> dict:
+    """A student's row columns of the plateau rule: updates trained, the update count at its
+    plateau (where held-out agreement last improved) and its final held-out agreement; `{}` for
+    students trained a fixed count."""
+    if not config.plateau_blocks:
+        return {}
+    curve = np.asarray(metrics.held_out[seed], np.float64)
+    trained = plateau.trained_blocks(curve)
+    return {
+        "updates": trained * config.eval_every,
+        "plateau_updates": plateau.plateau_block(curve, config.plateau_delta) * config.eval_every,
+        "held_out_agreement": float(curve[trained - 1]) if trained else float("nan"),
+    }
+
+
+def plateau_curve(config: student.StudentConfig, metrics) -> dict:
+    """Held-out agreement against updates, mean and std over seeds (a stopped seed's last value
+    carried forward), the per-seed curves (nan after each stop) and the plateau update counts;
+    `{}` for students trained a fixed count."""
+    if not config.plateau_blocks:
+        return {}
+    held = np.asarray(metrics.held_out, np.float64)
+    full = np.stack([plateau.filled(h) for h in held])
+    return {
+        "held_out_updates": [(i + 1) * config.eval_every for i in range(held.shape[1])],
+        "held_out_mean": full.mean(axis=0).tolist(),
+        "held_out_std": full.std(axis=0).tolist(),
+        "held_out": [[None if not np.isfinite(x) else float(x) for x in h] for h in held],
+        "plateau_updates": [
+            plateau.plateau_block(h, config.plateau_delta) * config.eval_every for h in held
+        ],
+    }
 
 
 def _distil_host_seeds(config, data, seeds, mesh, folder):
@@ -105,7 +170,7 @@ def _distil_host_seeds(config, data, seeds, mesh, folder):
     rows = [p.manifest["metrics"] for p in policies]
     metrics = student.BlockMetrics(
         *(
-            np.array([[r[k] for r in rs] for rs in rows], np.float32)
+            np.array([[r.get(k, np.nan) for r in rs] for rs in rows], np.float32)
             for k in student.BlockMetrics._fields
         )
     )
@@ -122,7 +187,7 @@ def student_folder_name(
     independent per-seed runs)."""
     key = json.dumps(
         {
-            "config": dataclasses.asdict(config),
+            "config": student.config_identity(config),
             "dataset": sorted(data.manifest["files"].items()),
             "seeds": seeds,
         },
@@ -140,7 +205,7 @@ def _write_students(folder: Path, config, data, seeds, result) -> None:
         {
             "kind": "students",
             "env_id": data.env_id,
-            "config": dataclasses.asdict(config),
+            "config": student.config_identity(config),
             "dataset": student.dataset_fingerprint(data),
             "seeds": seeds,
             "metrics": {k: np.asarray(v).tolist() for k, v in metrics._asdict().items()},
@@ -152,7 +217,7 @@ def _read_students(folder: Path, config, data, seeds):
     """Students `_write_students` stored; anything that does not match is refused by name."""
     manifest = checkpoint.read_manifest(folder)
     if (
-        manifest.get("config") != dataclasses.asdict(config)
+        manifest.get("config") != student.config_identity(config)
         or manifest.get("seeds") != seeds
         or not dataset.same_source(manifest.get("dataset"), student.dataset_fingerprint(data))
     ):
@@ -167,8 +232,13 @@ def _read_students(folder: Path, config, data, seeds):
     state = checkpoint.pytree_from_bytes(
         raw, template, str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE, manifest))
     )
+    stored = manifest["metrics"]
+    blocks = len(stored["loss"][0]) if seeds else 0
     metrics = student.BlockMetrics(
-        *(np.array(manifest["metrics"][k], np.float32) for k in student.BlockMetrics._fields)
+        *(
+            np.array(stored.get(k, np.full((seeds, blocks), np.nan)), np.float32)
+            for k in student.BlockMetrics._fields
+        )
     )
     return distiller, state, metrics
 
