@@ -172,3 +172,17 @@ def test_a_reproduce_stage_logs_its_wall_time_and_point_estimates(tmp_path):
         "losses/normalised_mean/kl": [(2, 0.75)],
         "reproduce/wall_s/teachers": [(1, 3.0)],
     }
+
+
+def test_online_rounds_are_logged(tmp_path):
+    from distill.experiments import online_distillation
+
+    rows = [
+        {"env_steps": 100 * (i + 1), "teacher_score": float(i), "student_score": 2.0 * i}
+        | {"student_loss": 0.5 / (i + 1), "agreement": 0.9}
+        for i in range(3)
+    ]
+    online_distillation.log_rounds({"rows": rows}, tmp_path / "online")
+    scalars = tb.read_scalars(tmp_path / "online")
+    assert scalars["charts/episodic_return"] == [(100, 0.0), (200, 2.0), (300, 4.0)]
+    assert [s for s, _ in scalars["losses/distill_loss"]] == [100, 200, 300]

@@ -41,8 +41,28 @@ def run(
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """`online` as the registry calls it: one teacher and one student, on one device (a
-    reproduction's mesh is for the other stages); nothing kept in `runs_dir`."""
-    return online(b, progress=progress, tau=tau)
+    reproduction's mesh is for the other stages); with `runs_dir`, its rounds as TensorBoard
+    scalars in runs_dir/tb/online."""
+    result = online(b, progress=progress, tau=tau)
+    if runs_dir is not None:
+        log_rounds(result, Path(runs_dir) / "tb" / "online")
+    return result
+
+
+def log_rounds(result: dict, folder: Path) -> None:
+    """Each round's scores, loss and agreement as TensorBoard scalars (CleanRL's tags), by env
+    step of the teacher."""
+    from distill import tb
+
+    with tb.EventWriter(folder) as writer:
+        for row in result["rows"]:
+            scalars = {
+                "charts/teacher_episodic_return": row["teacher_score"],
+                "charts/episodic_return": row["student_score"],
+                "losses/distill_loss": row["student_loss"],
+                "charts/agreement": row["agreement"],
+            }
+            writer.scalars(scalars, step=int(row["env_steps"]))
 
 
 def online_table(result: dict) -> list[dict]:
