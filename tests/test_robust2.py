@@ -225,3 +225,25 @@ def test_check_unlocked_takes_nothing(tmp_path):
     with runs.folder_lock(tmp_path / "l"), pytest.raises(runs.FolderLocked):
         runs.check_unlocked(tmp_path / "l")
     runs.check_unlocked(tmp_path / "l")
+
+
+def test_a_full_disk_under_the_tensorboard_log_names_its_file(tmp_path):
+    from distill import tb
+
+    writer = tb.EventWriter(tmp_path)
+
+    class Full:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = write
+
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer._file.close()
+    writer._file = Full()
+    with pytest.raises(OSError) as e:
+        writer.scalars({"loss": 1.0}, 1)
+    assert e.value.filename == str(writer.path)
+    writer.close()  # the failure was reported once: closing does not replace it
