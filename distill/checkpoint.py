@@ -54,8 +54,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk names no file: we do
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -155,8 +157,10 @@ def read_manifest(folder: str | Path) -> dict:
         raise CheckpointError(f"{path}: missing (not a finished checkpoint folder?)")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: damaged manifest ({e})") from e
+    except (ValueError, RecursionError) as e:
+        # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits (all ValueErrors),
+        # or nesting deep enough to exhaust the stack
+        raise CheckpointError(f"{path}: damaged manifest ({str(e)[:200]})") from None
     if not isinstance(manifest, dict) or "files" not in manifest:
         raise CheckpointError(f"{path}: not a distill manifest")
     return schema.validate(manifest, schema.COMMON, path)
@@ -366,6 +370,7 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
     )
     data = read_verified(folder, PARAMS, manifest)
     params = pytree_from_bytes(data, template, str(path_of(folder, PARAMS, manifest)))
+    check_finite_params(params, path_of(folder, PARAMS, manifest))
     return Policy(
         env_id=spec.env_id,
         net=manifest["net"],
@@ -375,6 +380,15 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
         path=str(folder),
         apply=module.apply,
     )
+
+
+def check_finite_params(params: Any, where: str | Path) -> None:
+    """Refuse parameters holding NaN or inf: every Q-value would be nonsense (argmax of NaN
+    picks action 0), yet evaluation would print a score."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        a = np.asarray(leaf)
+        if jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
+            raise CheckpointError(f"{where}: parameters hold NaN or infinite values")
 
 
 def export_policy(source: str | Path, out: str | Path, **extra) -> Policy:

@@ -30,6 +30,19 @@ _mesh = cliconf.mesh_from_args
 # ---------------------------------------------------------------------------- sub-commands
 
 
+def _fmt(value, spec: str = ".2f") -> str:
+    """A manifest number for a summary line; '?' when a folder from another version holds
+    something else there (printing must not fail after the work is done)."""
+    try:
+        return format(value, spec) if isinstance(value, int | float) else "?"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def cmd_nets(args) -> int:
     from distill import envs, families, networks
 
@@ -79,12 +92,12 @@ def cmd_teacher(args) -> int:
     mesh = _mesh(args, ("data",))
     fit = teacher.fit if families.of(config.env_id).in_graph else teacher.fit_atari
     policy = fit(config, args.out, resume=args.resume, mesh=mesh, tb=args.tb, **exits.every(args))
-    ev = policy.manifest.get("evaluation", {})
+    m = policy.manifest
+    ev, rnd = _mapping(m.get("evaluation")), _mapping(m.get("random_evaluation"))
     print(
-        f"teacher saved in {args.out}: {policy.env_id}, {policy.manifest['env_steps']:,} env "
-        f"steps, score {ev.get('mean', float('nan')):.2f} +- {ev.get('std', float('nan')):.2f} "
-        f"over {ev.get('episodes', 0)} episodes (random "
-        f"{policy.manifest.get('random_evaluation', {}).get('mean', float('nan')):.2f})"
+        f"teacher saved in {args.out}: {policy.env_id}, {_fmt(m.get('env_steps'), ',')} env "
+        f"steps, score {_fmt(ev.get('mean'))} +- {_fmt(ev.get('std'))} over "
+        f"{_fmt(ev.get('episodes'), 'd')} episodes (random {_fmt(rnd.get('mean'))})"
     )
     return 0
 
@@ -153,7 +166,11 @@ def cmd_dataset(args) -> int:
     )
     data = dataset.load_dataset(folder)
     print(f"dataset saved in {folder}: {data.env_id}, {data.num_states:,} states")
-    print(coverage.summary_line(data.manifest.get("coverage")))
+    try:  # a finished folder from another version may hold another coverage layout
+        line = coverage.summary_line(data.manifest.get("coverage"))
+    except (KeyError, TypeError, ValueError, IndexError):
+        line = "coverage: ? (recorded in another layout)"
+    print(line)
     return 0
 
 
@@ -179,7 +196,7 @@ def cmd_student(args) -> int:
     )
     print(
         f"student saved in {args.out}: {policy.env_id}, {policy.net}, loss {config.loss}, "
-        f"final score {policy.manifest.get('final_score', float('nan')):.2f}"
+        f"final score {_fmt(policy.manifest.get('final_score'))}"
     )
     return 0
 
@@ -434,11 +451,23 @@ CONFIGS = {"teacher": teacher_config, "dataset": dataset_config, "student": stud
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distill import preflight
+    import signal
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    import distill
+
+    # from here a Ctrl-C is a KeyboardInterrupt that the handler below (or a job) turns into a
+    # one-line exit 130; until here distill._cli_signals' early handler did
+    if signal.getsignal(signal.SIGINT) is distill._early_interrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("distill: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        from distill import preflight
+
         config = CONFIGS[args.command](args) if args.command in CONFIGS else None
         if args.command in ("teacher", "student"):  # one run: only the minibatch splits
             cliconf.check_axes(args, ("data",))

@@ -16,6 +16,7 @@ MIB = 1 << 20
 SLACK = 64 * MIB  # parameters, optimiser state, manifests, metrics: small beside the data
 # commands whose --out is a file (the others write a folder)
 FILE_OUT = ("evaluate",)
+JOBS = ("teacher", "dataset", "student", "export")  # whose --out is one run's folder
 
 
 def option(name: str) -> str:
@@ -27,6 +28,20 @@ def check_finite(args: Any) -> None:
     for name, value in sorted(vars(args).items()):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{option(name)}={value!r} is not valid: must be a finite number")
+
+
+SEED_MIN, SEED_MAX = -(2**31), 2**32 - 1  # int32 or uint32: what every consumer of a seed takes
+
+
+def check_seeds(args: Any) -> None:
+    """Every `--seed`/`--*-seed` within int32/uint32: a larger one overflows a C long later."""
+    for name, value in sorted(vars(args).items()):
+        is_seed = name == "seed" or name.endswith("_seed")
+        if is_seed and isinstance(value, int) and not SEED_MIN <= value <= SEED_MAX:
+            raise ConfigError(
+                f"{option(name)}={value} is not valid: must be an integer in "
+                f"[{SEED_MIN}, {SEED_MAX}]"
+            )
 
 
 def check_range(args: Any) -> None:
@@ -60,7 +75,37 @@ def check_out(out: str, is_file: bool = False) -> Path:
         raise ConfigError(f"--out {out}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out}: {base} is not writable")
+    probe_writable(out, base)
     return base
+
+
+def probe_writable(out: str, base: Path) -> None:
+    """Create and remove a hidden file in `base`: os.access says yes to root in /proc."""
+    probe = base / f".distill-probe.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write in {base} ({e.strerror})") from None
+    os.close(fd)
+    probe.unlink(missing_ok=True)
+
+
+def check_ours(out: str) -> None:
+    """A folder `--out` already holding files that are not a run of ours (no manifest) is the
+    user's: a job would write among them. Hidden names (a lock, temporary files) and the
+    TensorBoard folder of a run killed before its first checkpoint do not count."""
+    from distill import checkpoint
+
+    path = Path(out)
+    if not path.is_dir() or (path / checkpoint.MANIFEST).exists():
+        return
+    others = sorted(p.name for p in path.iterdir() if not p.name.startswith(".") and p.name != "tb")
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ConfigError(
+            f"--out {out}: holds other files ({shown}) and no {checkpoint.MANIFEST}; choose an "
+            "empty or new folder"
+        )
 
 
 def check_space(out: str, needed: int, what: str) -> None:
@@ -120,9 +165,18 @@ def check(args: Any, config: Any = None) -> None:
     """Every check before work, for the sub-command in `args` (its config already built)."""
     check_finite(args)
     check_range(args)
+    check_seeds(args)
     out = getattr(args, "out", None)
+    if out is not None and not str(out).strip():
+        raise ConfigError("--out is empty: give a folder (or file) to write")
     if out:
         check_out(out, is_file=args.command in FILE_OUT)
+    if out and args.command in JOBS and not getattr(args, "resume", False):
+        check_ours(out)  # with --resume, a folder without a manifest is refused by the job
+    if out and args.command in JOBS:
+        from distill import runs
+
+        runs.check_unlocked(Path(out))  # a second writer refused before any loading
     if config is None or not out:
         return
     if args.command == "teacher":

@@ -88,6 +88,26 @@ def _holder(path: Path) -> str:
         return "?"
 
 
+def check_unlocked(folder: Path) -> None:
+    """Refuse at once (FolderLocked) when a live process holds `folder`'s lock; takes nothing.
+    For a check before slow loading: `folder_lock` still takes the lock for the job itself."""
+    path = Path(folder) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or unreadable): folder_lock decides
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise FolderLocked(
+                f"{folder}: being written by another process (pid {_holder(path)}); wait for "
+                "it to end or choose another --out"
+            ) from None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[Path]:
     """Hold `folder/.lock` (an flock, with our pid inside) while a job writes `folder`.

@@ -73,6 +73,16 @@ def _dict(v: Any) -> bool:
     return isinstance(v, dict)
 
 
+def _real(v: Any) -> bool:
+    """A number, NaN allowed (a score not measured is stored as NaN)."""
+    return _int(v) or isinstance(v, float)
+
+
+def _unique_names(v: Any) -> bool:
+    """Shard names, each once: a shard listed twice would be trained on twice."""
+    return _list_of(_plain_name)(v) and len(set(v)) == len(v)
+
+
 COMMON = {
     "files": Field(_str_map, "a mapping of file names to sha256 strings"),
     "paths": Field(_name_map, "a mapping of file names to stored names", required=False),
@@ -95,17 +105,23 @@ POLICY = {
     "net": Field(_str, "a network name (a non-empty string)"),
     "num_actions": Field(_positive_int, "a positive integer"),
     "config": Field(_dict, "a mapping", required=False),
+    # written when a run finishes; the CLI prints them
+    "evaluation": Field(_dict, "a mapping (the evaluation's summary)", required=False),
+    "random_evaluation": Field(_dict, "a mapping (the evaluation's summary)", required=False),
+    "final_score": Field(_real, "a number", required=False),
+    "env_steps": Field(_count, "an integer >= 0", required=False),
 }
 DATASET = {
     "env_id": Field(_str, "an env id (a non-empty string)"),
     "num_actions": Field(_positive_int, "a positive integer"),
     "obs_shape": Field(_list_of(_positive_int), "a list of positive integers"),
     "stack": Field(_positive_int, "a positive integer"),
-    "shards": Field(_list_of(_plain_name), "a list of shard file names"),
+    "shards": Field(_unique_names, "a list of distinct shard file names"),
     "rows": Field(_count, "an integer >= 0"),
     "num_envs": Field(_positive_int, "a positive integer"),
     "teacher": Field(_dict, "a mapping (the teacher's fingerprint)", required=False),
     "config": Field(_dict, "a mapping", required=False),
+    "coverage": Field(lambda v: v is None or _dict(v), "a mapping or null", required=False),
 }
 KINDS = {"teacher": POLICY, "student": POLICY, "dataset": DATASET}
 
@@ -159,8 +175,9 @@ def check_shard(
     """Hold one shard's arrays against its dataset's manifest; return its rows.
 
     Required: obs `[rows, envs, *frame]`, q `[rows, envs, actions]` float32 and finite, action
-    `[rows, envs]` int32 in [0, actions), reward `[rows, envs]` float32, done `[rows, envs]`
-    bool; with `stack` > 1 also history_obs `[h, envs, *frame]` and history_done `[h, envs]`.
+    `[rows, envs]` int32 in [0, actions), reward `[rows, envs]` float32 and finite, done
+    `[rows, envs]` bool; with `stack` > 1 also history_obs `[h, envs, *frame]` and
+    history_done `[h, envs]`.
     Optional: t `[rows, envs]` int32 (time in episode). `rows` is the one in the shard's name.
     """
     envs_n, actions, stack = manifest["num_envs"], manifest["num_actions"], manifest["stack"]
@@ -195,6 +212,8 @@ def check_shard(
             raise CheckpointError(f"{where}: {key!r} is {_shape(a)}, expected {want}")
     if not np.isfinite(arrays["q"]).all():
         raise CheckpointError(f"{where}: 'q' holds NaN or infinite teacher Q-values")
+    if not np.isfinite(arrays["reward"]).all():
+        raise CheckpointError(f"{where}: 'reward' holds NaN or infinite rewards")
     action = arrays["action"]
     if action.size and (action.min() < 0 or action.max() >= actions):
         raise CheckpointError(f"{where}: 'action' holds actions outside [0, {actions})")

@@ -189,20 +189,38 @@ class EventWriter:
         now = time.time()
         name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.{id(self)}"
         self.path = self.folder / name
+        self._failed = False  # a write failed: close() then stays quiet
         self._file = open(self.path, "ab")  # noqa: SIM115  (closed by close())
-        self._file.write(record(version_event(now)))
-        self._file.flush()
+        self._put(record(version_event(now)))
+
+    def _put(self, data: bytes) -> None:
+        """Append and flush; an OS error (a full disk names no file) is given our path."""
+        try:
+            self._file.write(data)
+            self._file.flush()  # a crashed or killed run keeps what it logged
+        except OSError as e:
+            self._failed = True
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def scalars(self, values: dict[str, float], step: int, wall_time: float | None = None) -> None:
         """One event per tag at `step`; non-finite values are left out (a gap, not a spike)."""
         wall_time = time.time() if wall_time is None else wall_time
-        for tag, value in values.items():
-            if math.isfinite(value):
-                self._file.write(record(scalar_event(tag, float(value), int(step), wall_time)))
-        self._file.flush()  # a crashed or killed run keeps what it logged
+        events = [
+            record(scalar_event(tag, float(value), int(step), wall_time))
+            for tag, value in values.items()
+            if math.isfinite(value)
+        ]
+        self._put(b"".join(events))
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            if not self._failed:
+                raise
+            # the write already failed and said so: a second report on close would replace it
 
     def __enter__(self) -> EventWriter:
         return self

@@ -106,6 +106,19 @@ class DQNConfig:
             self.buffer_size,
             f"must hold at least num_envs * (n_step + 2) = {self.num_envs * (self.n_step + 2)}",
         )
+        require(
+            self.learning_starts < self.total_steps,
+            "learning_starts",
+            self.learning_starts,
+            f"must be below total_steps={self.total_steps} (no update would ever run): raise "
+            f"--total-steps above {self.learning_starts} or lower --learning-starts",
+        )
+        require(
+            self.batch_size <= self.buffer_size,
+            "batch_size",
+            self.batch_size,
+            f"must be at most buffer_size={self.buffer_size} (the replay it samples from)",
+        )
         require(self.lr > 0, "lr", self.lr, "must be > 0")
         require(self.lr_end > 0, "lr_end", self.lr_end, "must be > 0")
         in_range("gamma", self.gamma, 0.0, 1.0)

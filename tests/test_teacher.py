@@ -68,7 +68,12 @@ def test_config_rejects_bad_values_naming_the_field(field, value):
 
 
 def test_config_accepts_the_smallest_buffer():
-    assert teacher.DQNConfig(env_id=ENV, num_envs=8, n_step=3, buffer_size=40).buffer_size == 40
+    assert (
+        teacher.DQNConfig(
+            env_id=ENV, num_envs=8, n_step=3, buffer_size=40, batch_size=32
+        ).buffer_size
+        == 40
+    )
 
 
 def test_config_unknown_env_lists_close_matches():
