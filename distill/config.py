@@ -21,12 +21,16 @@ def require(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{field}={value!r} is not valid: {allowed}")
 
 
+# Counts travel into compiled programs as int32: anything larger would overflow there.
+MAX_COUNT = 2**31 - 1
+
+
 def positive_int(field: str, value: Any) -> None:
     require(
-        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT,
         field,
         value,
-        "must be a positive integer",
+        f"must be a positive integer (at most {MAX_COUNT:,})",
     )
 
 

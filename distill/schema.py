@@ -110,6 +110,12 @@ POLICY = {
     "random_evaluation": Field(_dict, "a mapping (the evaluation's summary)", required=False),
     "final_score": Field(_real, "a number", required=False),
     "env_steps": Field(_count, "an integer >= 0", required=False),
+    "updates": Field(_count, "an integer >= 0", required=False),
+    "dataset": Field(
+        lambda v: v is None or _dict(v),
+        "a mapping (the dataset's fingerprint) or null",
+        required=False,
+    ),
 }
 DATASET = {
     "env_id": Field(_str, "an env id (a non-empty string)"),
@@ -217,6 +223,8 @@ def check_shard(
     action = arrays["action"]
     if action.size and (action.min() < 0 or action.max() >= actions):
         raise CheckpointError(f"{where}: 'action' holds actions outside [0, {actions})")
+    if "t" in arrays and arrays["t"].size and arrays["t"].min() < 0:
+        raise CheckpointError(f"{where}: 't' holds negative times in episode")
     return rows
 
 

@@ -247,3 +247,19 @@ def test_a_full_disk_under_the_tensorboard_log_names_its_file(tmp_path):
         writer.scalars({"loss": 1.0}, 1)
     assert e.value.filename == str(writer.path)
     writer.close()  # the failure was reported once: closing does not replace it
+
+
+def test_second_review_cases_are_refused():
+    """From the second independent check: a student manifest whose `dataset` is a list, or
+    whose `updates` is a string, and a step count that would overflow int32 in the program."""
+    from distill import schema, teacher
+    from distill.config import ConfigError
+
+    base = {"kind": "student", "status": "complete", "files": {}, "env_id": "CartPole-v1"}
+    base |= {"net": "teacher", "num_actions": 2}
+    schema.validate_kind(dict(base, dataset={"path": "d"}, updates=40), "m.json")
+    for field, value in (("dataset", [1]), ("updates", "40")):
+        with pytest.raises(schema.CheckpointError, match=f"m.json: field '{field}'"):
+            schema.validate_kind(dict(base, **{field: value}), "m.json")
+    with pytest.raises(ConfigError, match="total_steps=.*at most 2,147,483,647"):
+        teacher.default_config("CartPole-v1", total_steps=10**30)
