@@ -57,6 +57,10 @@ class Budget:
     fixed_updates: int | None = None
     """updates of the students that train a fixed count whatever the rule (multi-task per game,
     online per 10 rounds); none: `updates`"""
+    online_rows_per_round: int = 64
+    """rows the online teacher records a round (x 64 envs of fresh states)"""
+    online_window_rounds: int = 8
+    """the online student samples from the most recent rounds' data"""
 
     @property
     def fixed_student_updates(self) -> int:
@@ -100,6 +104,8 @@ class Budget:
         for name in ("online_teacher_steps", "online_rounds", "plateau_blocks"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, name, value, "must be an integer >= 0")
+        positive_int("online_rows_per_round", self.online_rows_per_round)
+        positive_int("online_window_rounds", self.online_window_rounds)
 
 
 def rule_of(b: dict) -> str:

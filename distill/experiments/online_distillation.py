@@ -26,6 +26,8 @@ def online(
     s_config = student.StudentConfig(loss="kl", tau=tau)
     o_config = onl.OnlineConfig(
         rounds=b.online_rounds,
+        rows_per_round=b.online_rows_per_round,
+        window_rounds=b.online_window_rounds,
         updates_per_round=max(b.fixed_student_updates // 10, 100),
         eval_episodes=b.eval_episodes,
     )
