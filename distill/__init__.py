@@ -8,7 +8,8 @@ KL(tau) losses (`distill.student`), and evaluate them in the env (`distill.evalu
 
 
 def _early_interrupt(signum, frame):
-    """SIGINT while the `distill` command is still importing: one line, exit 130. Nothing is
+    """SIGINT or SIGTERM while the `distill` command is still importing: one line, exit 130
+    (as for an interrupted job; SIGTERM's default would end it with 143). Nothing is
     written yet; an exception raised inside a C extension's import would abort the process, so
     exit at once."""
     import os
@@ -33,6 +34,7 @@ def _cli_signals() -> None:
     script = bool(sys.argv) and os.path.basename(sys.argv[0]) == "distill"
     if as_module or script:
         signal.signal(signal.SIGINT, _early_interrupt)
+        signal.signal(signal.SIGTERM, _early_interrupt)
 
 
 _cli_signals()

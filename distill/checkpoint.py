@@ -154,6 +154,10 @@ def read_manifest(folder: str | Path) -> dict:
     if not path.is_file():
         if not folder.exists():
             raise CheckpointError(f"{folder}: no such checkpoint folder")
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: is a file, not a checkpoint folder")
+        if path.exists() or path.is_symlink():
+            raise CheckpointError(f"{path}: {not_regular(path)}")
         raise CheckpointError(f"{path}: missing (not a finished checkpoint folder?)")
     try:
         manifest = json.loads(path.read_text())
@@ -164,6 +168,23 @@ def read_manifest(folder: str | Path) -> dict:
     if not isinstance(manifest, dict) or "files" not in manifest:
         raise CheckpointError(f"{path}: not a distill manifest")
     return schema.validate(manifest, schema.COMMON, path)
+
+
+def not_regular(path: Path) -> str:
+    """What a path that exists but is no regular file is, for a message (a link to /dev/zero
+    must not be called missing, nor be read without end)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return f"is a broken link (to {os.readlink(path)}), not a regular file"
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+             (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    kind = next((word for test, word in kinds if test(mode)), "not a file")
+    target = f" ({os.path.realpath(path)})" if path.is_symlink() else ""
+    return f"is {kind}{target}, not a regular file"
 
 
 def stored_name(name: str, sha: str) -> str:
@@ -192,7 +213,8 @@ def read_verified(folder: str | Path, filename: str, manifest: dict | None = Non
     if expected is None:
         raise CheckpointError(f"{path}: not listed in {folder / MANIFEST}")
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
+        what = not_regular(path) if path.exists() or path.is_symlink() else "missing"
+        raise CheckpointError(f"{path}: {what}")
     data = path.read_bytes()
     if sha256_bytes(data) != expected:
         raise CheckpointError(
@@ -347,7 +369,7 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
     for key in ("env_id", "net", "num_actions"):
         if key not in manifest:
             raise CheckpointError(f"{folder / MANIFEST}: has no {key!r}; not a policy checkpoint")
-    schema.validate(manifest, schema.POLICY, folder / MANIFEST)
+    schema.validate_policy(manifest, folder / MANIFEST)
     if env_id is not None and manifest["env_id"] != env_id:
         raise CheckpointError(
             f"{folder}: made for env {manifest['env_id']!r}, but {env_id!r} was asked for"

@@ -148,9 +148,11 @@ def cmd_export(args) -> int:
         evaluation=scores.summary(),
         random_evaluation=randoms.summary(),
     )
+    from distill.schema import describe_counter
+
     print(
-        f"exported {policy.kind} {policy.env_id} ({policy.manifest.get('env_steps', '?')} env "
-        f"steps, {policy.manifest.get('status', '?')}) to {exported.path}: score "
+        f"exported {policy.kind} {policy.env_id} ({describe_counter(policy.manifest)}, "
+        f"{policy.manifest.get('status', 'status not recorded')}) to {exported.path}: score "
         f"{scores.mean:.2f} +- {scores.std:.2f} over {args.episodes} episodes (random "
         f"{randoms.mean:.2f})"
     )
@@ -457,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # from here a Ctrl-C is a KeyboardInterrupt that the handler below (or a job) turns into a
     # one-line exit 130; until here distill._cli_signals' early handler did
-    if signal.getsignal(signal.SIGINT) is distill._early_interrupt:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM too: 130, as in a job (distill.exits)
+        if signal.getsignal(sig) is distill._early_interrupt:
+            signal.signal(sig, signal.default_int_handler)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -162,9 +162,7 @@ def previous(job: Job, folder: Path, resume: bool) -> dict | None:
     """The manifest of the run in `folder` (None: none); another kind or identity is refused."""
     if (folder / checkpoint.MANIFEST).exists():
         manifest = checkpoint.read_manifest(folder)
-        kind = manifest.get("kind")
-        if kind != job.kind:
-            raise CheckpointError(f"{folder}: holds a {kind!r}, not a {job.what}")
+        schema.check_kind(manifest, folder / checkpoint.MANIFEST, folder, job.kind, job.what)
         schema.validate_kind(manifest, folder / checkpoint.MANIFEST, job.kind)
     return checkpoint.previous_run(folder, resume, job.what, job.matches, job.made_from)
 

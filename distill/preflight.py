@@ -4,6 +4,7 @@ than its dataset. Each failure is a one-line ConfigError naming the option."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -15,7 +16,7 @@ from distill.config import ConfigError
 MIB = 1 << 20
 SLACK = 64 * MIB  # parameters, optimiser state, manifests, metrics: small beside the data
 # commands whose --out is a file (the others write a folder)
-FILE_OUT = ("evaluate",)
+FILE_OUT = ("evaluate", "play")
 JOBS = ("teacher", "dataset", "student", "export")  # whose --out is one run's folder
 
 
@@ -62,21 +63,50 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
-def check_out(out: str, is_file: bool = False) -> Path:
+def check_out(out: str, is_file: bool = False, command: str = "") -> Path:
     """`--out` usable: a folder (or, `is_file`, a file) we can create or write into."""
     path = Path(out)
     if is_file:
         if path.is_dir():
             raise ConfigError(f"--out {out}: is a folder, not a file")
+        check_replaceable(out, summary=command == "evaluate")
     elif path.exists() and not path.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder")
-    base = existing_parent(path)
+    base = existing_parent(path.absolute().parent if is_file else path)
     if not base.is_dir():
         raise ConfigError(f"--out {out}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out}: {base} is not writable")
     probe_writable(out, base)
     return base
+
+
+SUMMARY_KEYS = ("scores", "source")  # what `distill evaluate --out` writes, among others
+
+
+def check_replaceable(out: str, summary: bool) -> None:
+    """An existing `--out` is replaced only when it is a regular file and (`summary`) an earlier
+    summary of ours: the atomic rename would replace a device (/dev/null) or a checkpoint's
+    manifest.json as well."""
+    from distill.checkpoint import not_regular
+
+    path = Path(out)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not path.is_file():
+        raise ConfigError(f"--out {out}: {not_regular(path)}")
+    if not summary:
+        return
+    try:
+        with open(path, "rb") as f:
+            summary = json.loads(f.read(MIB))
+    except (OSError, ValueError, RecursionError):
+        summary = None
+    if not (isinstance(summary, dict) and all(k in summary for k in SUMMARY_KEYS)):
+        raise ConfigError(
+            f"--out {out}: exists and is not an earlier summary of distill evaluate; choose "
+            "another file (or remove it)"
+        )
 
 
 def probe_writable(out: str, base: Path) -> None:
@@ -170,7 +200,7 @@ def check(args: Any, config: Any = None) -> None:
     if out is not None and not str(out).strip():
         raise ConfigError("--out is empty: give a folder (or file) to write")
     if out:
-        check_out(out, is_file=args.command in FILE_OUT)
+        check_out(out, is_file=args.command in FILE_OUT, command=args.command)
     if out and args.command in JOBS and not getattr(args, "resume", False):
         check_ours(out)  # with --resume, a folder without a manifest is refused by the job
     if out and args.command in JOBS:

@@ -51,8 +51,11 @@ def _number(v: Any) -> bool:
     return (_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
-def _str_map(v: Any) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and _str(x) for k, x in v.items())
+COUNT_MAX = 2**31 - 1  # steps and updates: every config caps its counts at int32's maximum
+
+
+def _bounded_count(v: Any) -> bool:
+    return _count(v) and v <= COUNT_MAX
 
 
 def _plain_name(v: Any) -> bool:
@@ -63,6 +66,12 @@ def _plain_name(v: Any) -> bool:
 
 def _name_map(v: Any) -> bool:
     return isinstance(v, dict) and all(_plain_name(k) and _plain_name(x) for k, x in v.items())
+
+
+def _checksums(v: Any) -> bool:
+    """Plain file names (a name such as '../../etc/passwd' would be read or kept from outside
+    the folder) to non-empty checksum strings."""
+    return isinstance(v, dict) and all(_plain_name(k) and _str(x) for k, x in v.items())
 
 
 def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -84,7 +93,7 @@ def _unique_names(v: Any) -> bool:
 
 
 COMMON = {
-    "files": Field(_str_map, "a mapping of file names to sha256 strings"),
+    "files": Field(_checksums, "a mapping of plain file names to sha256 strings"),
     "paths": Field(_name_map, "a mapping of file names to stored names", required=False),
     "format_version": Field(
         lambda v: v in KNOWN_FORMAT_VERSIONS and _int(v),
@@ -109,8 +118,8 @@ POLICY = {
     "evaluation": Field(_dict, "a mapping (the evaluation's summary)", required=False),
     "random_evaluation": Field(_dict, "a mapping (the evaluation's summary)", required=False),
     "final_score": Field(_real, "a number", required=False),
-    "env_steps": Field(_count, "an integer >= 0", required=False),
-    "updates": Field(_count, "an integer >= 0", required=False),
+    "env_steps": Field(_bounded_count, f"an integer in [0, {COUNT_MAX:,}]", required=False),
+    "updates": Field(_bounded_count, f"an integer in [0, {COUNT_MAX:,}]", required=False),
     "dataset": Field(
         lambda v: v is None or _dict(v),
         "a mapping (the dataset's fingerprint) or null",
@@ -123,7 +132,7 @@ DATASET = {
     "obs_shape": Field(_list_of(_positive_int), "a list of positive integers"),
     "stack": Field(_positive_int, "a positive integer"),
     "shards": Field(_unique_names, "a list of distinct shard file names"),
-    "rows": Field(_count, "an integer >= 0"),
+    "rows": Field(_bounded_count, f"an integer in [0, {COUNT_MAX:,}]"),
     "num_envs": Field(_positive_int, "a positive integer"),
     "teacher": Field(_dict, "a mapping (the teacher's fingerprint)", required=False),
     "config": Field(_dict, "a mapping", required=False),
@@ -157,7 +166,61 @@ def validate(manifest: Any, schema: Mapping[str, Field], where: str | Path) -> d
 def validate_kind(manifest: dict, where: str | Path, kind: str | None = None) -> dict:
     """The job fields and the schema of the manifest's kind (`kind`: the schema to use)."""
     validate(manifest, JOB, where)
-    return validate(manifest, KINDS.get(kind or manifest["kind"], {}), where)
+    kind = kind or manifest["kind"]
+    validate(manifest, KINDS.get(kind, {}), where)
+    return check_counts(manifest, where) if kind in COUNTERS else manifest
+
+
+def validate_policy(manifest: dict, where: str | Path) -> dict:
+    """A policy's manifest (teacher, student, exported): POLICY's fields and plausible counts."""
+    return check_counts(validate(manifest, POLICY, where), where)
+
+
+COUNTERS = {"teacher": "env_steps", "student": "updates"}  # where a policy's run is
+
+
+def _config_int(manifest: dict, name: str) -> int | None:
+    config = manifest.get("config")
+    value = config.get(name) if isinstance(config, dict) else None
+    return value if _positive_int(value) else None
+
+
+def check_counts(manifest: dict, where: str | Path) -> dict:
+    """`env_steps` at most the config's total_steps plus one vector step, `updates` at most the
+    config's updates (where the config says them): a larger count is no run of that config.
+    A running teacher or student must say where it is (every job writes it)."""
+    counter = COUNTERS.get(manifest.get("kind"))
+    if manifest.get("status") == "running" and counter and counter not in manifest:
+        raise CheckpointError(f"{where}: field {counter!r} is missing")
+    total, envs_n = _config_int(manifest, "total_steps"), _config_int(manifest, "num_envs")
+    steps = manifest.get("env_steps")
+    if total is not None and steps is not None and steps > total + (envs_n or 0):
+        raise CheckpointError(
+            f"{where}: field 'env_steps' is {steps:,}, more than the config's total_steps "
+            f"({total:,}) allow"
+        )
+    cap, updates = _config_int(manifest, "updates"), manifest.get("updates")
+    if cap is not None and updates is not None and updates > cap:
+        raise CheckpointError(
+            f"{where}: field 'updates' is {updates:,}, more than the config's updates ({cap:,})"
+        )
+    return manifest
+
+
+def check_kind(manifest: dict, where: str | Path, folder: str | Path, kind: str, what: str) -> None:
+    """Refuse a manifest of another kind, naming both; a missing or mistyped `kind` is named as
+    such (not as a kind called None)."""
+    validate(manifest, {"kind": JOB["kind"]}, where)
+    if manifest["kind"] != kind:
+        raise CheckpointError(f"{folder}: holds a {manifest['kind']!r}, not a {what}")
+
+
+def describe_counter(manifest: dict) -> str:
+    """Where a policy's run stopped, for a summary line: '4,000 env steps', '200 updates'."""
+    for field, unit in (("env_steps", "env steps"), ("updates", "updates")):
+        if _count(manifest.get(field)):
+            return f"{manifest[field]:,} {unit}"
+    return "no step count recorded"
 
 
 # ---------------------------------------------------------------------------- shards
@@ -218,6 +281,10 @@ def check_shard(
             raise CheckpointError(f"{where}: {key!r} is {_shape(a)}, expected {want}")
     if not np.isfinite(arrays["q"]).all():
         raise CheckpointError(f"{where}: 'q' holds NaN or infinite teacher Q-values")
+    for key in ("obs", "history_obs"):  # float observations (CartPole's) come finite from an env
+        a = arrays.get(key)
+        if a is not None and np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise CheckpointError(f"{where}: {key!r} holds NaN or infinite observations")
     if not np.isfinite(arrays["reward"]).all():
         raise CheckpointError(f"{where}: 'reward' holds NaN or infinite rewards")
     action = arrays["action"]

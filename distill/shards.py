@@ -151,8 +151,7 @@ def iter_shards(path: str) -> Iterator[dict[str, np.ndarray]]:
 def checked_manifest(folder: Path) -> dict:
     """A dataset's manifest, checked against the dataset schema."""
     manifest = checkpoint.read_manifest(folder)
-    if manifest.get("kind") != "dataset":
-        raise CheckpointError(f"{folder}: holds a {manifest.get('kind')!r}, not a dataset")
+    schema.check_kind(manifest, folder / checkpoint.MANIFEST, folder, "dataset", "dataset")
     return schema.validate_kind(manifest, folder / checkpoint.MANIFEST)
 
 
