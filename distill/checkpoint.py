@@ -366,6 +366,8 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
     """Load a teacher or student checkpoint folder, refusing damaged or mismatched files."""
     folder = Path(path)
     manifest = read_manifest(folder)
+    if manifest.get("kind") == "dataset":  # not "has no 'net'": say what the folder is
+        raise CheckpointError(f"{folder}: holds a 'dataset', not a teacher or student checkpoint")
     for key in ("env_id", "net", "num_actions"):
         if key not in manifest:
             raise CheckpointError(f"{folder / MANIFEST}: has no {key!r}; not a policy checkpoint")
@@ -376,7 +378,7 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
         )
     if net is not None and manifest["net"] != net:
         raise CheckpointError(f"{folder}: holds network {manifest['net']!r}, not {net!r}")
-    spec = envs.spec(manifest["env_id"])
+    spec = env_of(manifest, folder / MANIFEST)
     if manifest["num_actions"] != spec.num_actions:
         raise CheckpointError(
             f"{folder}: has {manifest['num_actions']} actions but {spec.env_id} has "
@@ -402,6 +404,15 @@ def load(path: str | Path, *, env_id: str | None = None, net: str | None = None)
         path=str(folder),
         apply=module.apply,
     )
+
+
+def env_of(manifest: dict, where: str | Path) -> envs.EnvSpec:
+    """The spec of the manifest's env id; an id this version does not know is refused naming
+    the file and the field (a bare "unknown env id" reads as a bad option)."""
+    try:
+        return envs.spec(manifest["env_id"])
+    except ValueError as e:
+        raise CheckpointError(f"{where}: field 'env_id': {str(e).splitlines()[0]}") from None
 
 
 def check_finite_params(params: Any, where: str | Path) -> None:

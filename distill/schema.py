@@ -94,7 +94,7 @@ def _unique_names(v: Any) -> bool:
 
 COMMON = {
     "files": Field(_checksums, "a mapping of plain file names to sha256 strings"),
-    "paths": Field(_name_map, "a mapping of file names to stored names", required=False),
+    "paths": Field(_name_map, "a mapping of plain file names to stored ones", required=False),
     "format_version": Field(
         lambda v: v in KNOWN_FORMAT_VERSIONS and _int(v),
         f"a known format version {KNOWN_FORMAT_VERSIONS}",
@@ -168,6 +168,9 @@ def validate_kind(manifest: dict, where: str | Path, kind: str | None = None) ->
     validate(manifest, JOB, where)
     kind = kind or manifest["kind"]
     validate(manifest, KINDS.get(kind, {}), where)
+    unlisted = [n for n in manifest.get("shards", []) if n not in manifest.get("files", {})]
+    if kind == "dataset" and unlisted:
+        raise CheckpointError(f"{where}: field 'shards' names {unlisted[0]}, which 'files' lacks")
     return check_counts(manifest, where) if kind in COUNTERS else manifest
 
 

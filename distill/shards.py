@@ -152,7 +152,9 @@ def checked_manifest(folder: Path) -> dict:
     """A dataset's manifest, checked against the dataset schema."""
     manifest = checkpoint.read_manifest(folder)
     schema.check_kind(manifest, folder / checkpoint.MANIFEST, folder, "dataset", "dataset")
-    return schema.validate_kind(manifest, folder / checkpoint.MANIFEST)
+    schema.validate_kind(manifest, folder / checkpoint.MANIFEST)
+    checkpoint.env_of(manifest, folder / checkpoint.MANIFEST)
+    return manifest
 
 
 def _obs_dtype(manifest: dict) -> np.dtype:

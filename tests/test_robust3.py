@@ -180,6 +180,30 @@ def test_a_shard_with_non_finite_observations_is_refused(tmp_path):
         dataset.load_dataset(str(folder))
 
 
+def test_a_dataset_given_as_a_policy_is_called_a_dataset(capsys, tmp_path):
+    folder = write_dataset(tmp_path / "d")
+    with pytest.raises(CheckpointError, match="holds a 'dataset', not a teacher or student"):
+        checkpoint.load(folder)
+    assert cli.main(["evaluate", str(folder), "--episodes", "1"]) == 2
+    assert "holds a 'dataset'" in one_line(capsys)
+
+
+def test_an_env_id_this_version_does_not_know_names_the_file(policy_folder, tmp_path):
+    edit_manifest(policy_folder, env_id="Acrobot-v1")
+    with pytest.raises(CheckpointError, match="manifest.json: field 'env_id': unknown env id"):
+        checkpoint.load(policy_folder)
+    data = write_dataset(tmp_path / "d", env_id="Acrobot-v1")
+    with pytest.raises(CheckpointError, match="manifest.json: field 'env_id': unknown env id"):
+        dataset.load_dataset(str(data))
+
+
+def test_a_shard_the_files_do_not_list_is_named(tmp_path):
+    folder = write_dataset(tmp_path / "d")
+    edit_manifest(folder, shards=["shard_00000_8.npz", "shard_00001_8.npz"])
+    with pytest.raises(CheckpointError, match="'shards' names shard_00001_8.npz, which 'files'"):
+        dataset.load_dataset(str(folder))
+
+
 # ---------------------------------------------------------------- an --out file that is not ours
 
 
