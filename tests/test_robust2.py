@@ -167,11 +167,28 @@ def test_a_seed_outside_int32_or_uint32_is_refused(capsys, seed):
     assert "--seed=" in one_line(capsys)
 
 
+def wait_until_caught(pid: int, sig: int, timeout: float = 60.0) -> None:
+    """Until process `pid` catches `sig` (its SigCgt mask in /proc): a signal sent sooner meets
+    Python's start-up, before any of distill runs (seconds on a loaded machine)."""
+    status = Path(f"/proc/{pid}/status")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            caught = next(ln for ln in status.read_text().splitlines() if ln.startswith("SigCgt"))
+        except (OSError, StopIteration):
+            return  # no /proc: fall back to the time already passed
+        if int(caught.split()[1], 16) >> (sig - 1) & 1:
+            return
+        time.sleep(0.01)
+
+
 def test_a_ctrl_c_during_the_imports_is_one_line_and_130():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "distill.cli", "evaluate", "--random", "--env", ENV]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # Python is up; jax is still importing (seconds)
+    # Python is up and distill's handlers are in (SIGTERM's is installed just after SIGINT's;
+    # Python catches SIGINT from its start); jax is still importing (seconds)
+    wait_until_caught(proc.pid, signal.SIGTERM)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from test_robust import (
     shard_arrays,
     write_dataset,
 )
+from test_robust2 import wait_until_caught
 
 from distill import checkpoint, cli, dataset, jobs, preflight, runs, schema
 from distill.checkpoint import CheckpointError
@@ -254,26 +254,11 @@ def test_a_checkpoint_path_that_is_a_file_is_named_a_file(capsys, policy_folder)
 # ---------------------------------------------------------------- SIGTERM during start-up
 
 
-def _wait_until_caught(pid: int, sig: int, timeout: float = 60.0) -> None:
-    """Until process `pid` catches `sig` (its SigCgt mask in /proc): a signal sent sooner meets
-    Python's start-up, before any of distill runs (seconds on a loaded machine)."""
-    status = Path(f"/proc/{pid}/status")
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            caught = next(ln for ln in status.read_text().splitlines() if ln.startswith("SigCgt"))
-        except (OSError, StopIteration):
-            return  # no /proc: fall back to the time already passed
-        if int(caught.split()[1], 16) >> (sig - 1) & 1:
-            return
-        time.sleep(0.01)
-
-
 def test_sigterm_during_the_imports_is_one_line_and_130():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "distill.cli", "evaluate", "--random", "--env", ENV]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
-    _wait_until_caught(proc.pid, signal.SIGTERM)  # distill's handler is in; jax still imports
+    wait_until_caught(proc.pid, signal.SIGTERM)  # distill's handler is in; jax still imports
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
