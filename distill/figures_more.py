@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import FancyBboxPatch
+from matplotlib.patches import FancyBboxPatch, Patch
 
 from distill import envs
 
@@ -239,29 +239,52 @@ def saliency_rows(
         c = obs.shape[-1]
         channel_names = list(channel_names or [f"channel {i}" for i in range(c)])
         summed = {n: s.sum(-1) for n, s in shares.items()}
-        top = max(float(s.max()) for s in summed.values()) or 1.0
+        top_sum = max(float(s.max()) for s in summed.values()) or 1.0
+        top = max(float(s.max()) for s in shares.values()) or 1.0
         fig, axes = plt.subplots(
-            len(names), c + 2, figsize=(1.5 * (c + 2) + 1.2, 1.55 * len(names) + 0.6), squeeze=False
+            len(names),
+            c + 2,
+            figsize=(1.5 * (c + 2) + 1.2, 1.6 * len(names) + 1.3),
+            squeeze=False,
+            constrained_layout=True,
         )
         from distill import plotting
 
         for r, (row, name) in enumerate(zip(axes, names, strict=True)):
             row[0].imshow(plotting.minatar_image(obs), interpolation="nearest")
             row[0].set_ylabel(name, fontsize=8)
-            panels = [("all channels", summed[name])]
-            panels += [(channel_names[i], shares[name][..., i]) for i in range(c)]
-            for ax, (label, image_data) in zip(row[1:], panels, strict=True):
-                image = ax.imshow(
-                    image_data, cmap="magma", vmin=0, vmax=top, interpolation="nearest"
+            whole = row[1].imshow(
+                summed[name], cmap="viridis", vmin=0, vmax=top_sum, interpolation="nearest"
+            )
+            for i in range(c):
+                image = row[2 + i].imshow(
+                    shares[name][..., i], cmap="magma", vmin=0, vmax=top, interpolation="nearest"
                 )
-                if r == 0:
-                    ax.set_title(label, fontsize=8)
             for ax in row:
                 ax.set_xticks([])
                 ax.set_yticks([])
             if r == 0:
-                row[0].set_title("state", fontsize=8)
-        fig.colorbar(image, ax=axes, shrink=0.8, label="share of the policy's\ntotal saliency")
+                for ax, label in zip(row, ["state", "all channels", *channel_names], strict=True):
+                    ax.set_title(label, fontsize=8)
+        fig.colorbar(
+            whole, ax=axes[:, 1], location="bottom", shrink=0.9, label="share, summed"
+        ).ax.tick_params(labelsize=6, rotation=45)
+        fig.colorbar(
+            image, ax=axes[:, 2:], shrink=0.8, label="share of the policy's\ntotal saliency"
+        )
+        colours = plt.get_cmap("tab10")(np.arange(c) % 10)  # the colours of minatar_image
+        handles = [Patch(color=k, label=n) for k, n in zip(colours, channel_names, strict=True)]
+        legend = axes[-1, 2].legend(
+            handles=handles,
+            title="objects in the state panel",
+            loc="upper left",
+            bbox_to_anchor=(0.0, -0.08),
+            ncol=min(c, 5),
+            fontsize=7,
+            title_fontsize=7,
+            frameon=False,
+        )
+        legend.set_in_layout(False)  # below the panels; the layout keeps the columns even
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
