@@ -114,6 +114,7 @@ def multitask_bars(result: dict, title: str = ""):
     ax.plot([], [], "*", color="red", ms=10, label="paper, 3 Atari games\n(Sec. 5.3)")
     ax.axhline(100, color="grey", ls="--", lw=1, label="the teacher (100 %)")
     ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xlabel("game (MinAtar)")
     ax.set_ylabel("score, % of the game's\nsingle-game teacher")
     ax.set_title(
         title or "one network for all games (bars: mean over runs; error bars: std over runs)",
