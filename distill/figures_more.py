@@ -321,7 +321,7 @@ def regimes_curves(result: dict, title: str = ""):
             ax = axes[i, j]
             ax.set_title(f"{_short(game)}: {name}", fontsize=9)
             ax.set_xlabel("student updates")
-            ax.set_ylabel("points" if j == 0 else "agreement with teacher")
+            ax.set_ylabel("score (points)" if j == 0 else "agreement with teacher")
             ax.grid(alpha=0.3)
             if j:
                 ax.set_ylim(0, 1.02)
