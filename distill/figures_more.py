@@ -175,6 +175,7 @@ def student_curves(rows: Sequence[dict], random_score: float | None, title: str 
         ax.set_ylabel(ylabel)
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
+    axes[1].set_ylim(0, 1.02)
     if random_score is not None:
         axes[2].axhline(random_score, color="grey", ls="--", label="random player")
         axes[2].legend(fontsize=8, loc="best")
