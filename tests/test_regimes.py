@@ -262,10 +262,12 @@ def test_multitask_stream_runs_with_a_buffer_per_game(mt_teachers):
 
 
 def test_multitask_dagger_resumed_is_bit_identical(tmp_path, mt_teachers):
+    from distill import jobs
     from distill import multitask_regimes as mtr
 
     config = regimes.RegimeConfig(regime="dagger", **MT_SMALL)
-    whole = mtr.fit(MT_CONFIG, config, mt_teachers, tmp_path / "whole", progress=False)
+    job = mtr.MultitaskRegimeJob(MT_CONFIG, config, mt_teachers)  # one job: compiled once
+    whole = jobs.run(job, tmp_path / "whole", progress=False)
     rows = whole.manifest["metrics"]
     assert [r["beta"] for r in rows] == [1.0, 0.5]
     per_round = mtr.rows_per_round(config, 2) * config.actors
@@ -282,16 +284,17 @@ def test_multitask_dagger_resumed_is_bit_identical(tmp_path, mt_teachers):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(runs, "StopRequest", StopAtOnce)
         with pytest.raises(runs.Interrupted, match="checkpoint saved at update 50"):
-            mtr.fit(MT_CONFIG, config, mt_teachers, cut, progress=False)
-    other = regimes.RegimeConfig(regime="stream", **MT_SMALL)
+            jobs.run(job, cut, progress=False)
+    stream = regimes.RegimeConfig("stream", **MT_SMALL)
+    other = mtr.MultitaskRegimeJob(MT_CONFIG, stream, mt_teachers)  # refused before compiling
     with pytest.raises(checkpoint.CheckpointError, match="another config"):
-        mtr.fit(MT_CONFIG, other, mt_teachers, cut, progress=False)
-    resumed = mtr.fit(MT_CONFIG, config, mt_teachers, cut, progress=False)
+        jobs.previous(other, cut, True)
+    resumed = jobs.run(job, cut, resume=True, progress=False)
     for x, y in zip(leaves(resumed.params), leaves(whole.params), strict=True):
         np.testing.assert_array_equal(x, y)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
     assert strip(resumed.manifest["metrics"]) == strip(rows)
-    again = mtr.fit(MT_CONFIG, config, mt_teachers, cut, progress=False)  # finished: read back
+    again = jobs.run(job, cut, resume=True, progress=False)  # finished: read back
     for x, y in zip(leaves(again.params), leaves(whole.params), strict=True):
         np.testing.assert_array_equal(x, y)
 
@@ -331,3 +334,21 @@ def test_report_names_the_limit_of_every_run_in_words_and_a_table():
     ]
     for limit in ("undertraining", "overfitting", "covariate shift", "plateau", "none"):
         assert "a 0.900, b 0.800, c 0.700" in diagnostics.explain(limit, 0.9, 0.8, 0.7)
+
+
+def test_the_multitask_regime_is_a_budget_field():
+    """`distill experiment multitask --regime stream` and `distill reproduce --regime dagger`
+    select the multi-task students' regime; anything else is refused."""
+    import dataclasses
+
+    from distill import cli, experiments
+
+    smoke = experiments.BUDGETS["smoke"]
+    assert smoke.regime == "offline"
+    assert dataclasses.replace(smoke, regime="dagger").regime == "dagger"
+    with pytest.raises(ConfigError, match="regime='replay' is not valid"):
+        dataclasses.replace(smoke, regime="replay")
+    args = cli.build_parser().parse_args(
+        ["experiment", "multitask", "--out", "o", "--regime", "stream"]
+    )
+    assert cli._budget_overrides(args, experiments) == {"regime": "stream"}
