@@ -308,6 +308,7 @@ def test_report_names_the_limit_of_every_run_in_words_and_a_table():
             "net": "net2",
             "regime": regime,
             "seed": seed,
+            "score": 1.0 + seed,
             "percent_of_teacher": 50.0,
             **row(a, b, c),
             **{f"kl_{s}": 0.1 for s in diagnostics.SETS},
@@ -332,6 +333,9 @@ def test_report_names_the_limit_of_every_run_in_words_and_a_table():
         ("offline", 1, "overfitting"),
         ("dagger", 0, "none"),
     ]
+    ci = experiment.score_intervals(result)  # seeds scored 1 and 2: the bootstrap spans them
+    assert ci[0]["seeds"] == 2 and ci[0]["score [95 % CI]"] == "1.50 [1.00, 2.00]"
+    assert ci[1]["percent [95 % CI]"] == "50.0 [50.0, 50.0]"
     for limit in ("undertraining", "overfitting", "covariate shift", "plateau", "none"):
         assert "a 0.900, b 0.800, c 0.700" in diagnostics.explain(limit, 0.9, 0.8, 0.7)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import diagnostics, envs, jobs, paths, report, student
+from distill import diagnostics, envs, jobs, paths, report, stats, student
 from distill import regimes as regimes_mod
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common, paired
@@ -214,6 +214,7 @@ def write_regimes(result: dict, out: str | Path) -> Path:
     table = diagnostics_table(result)
     atomic_write_json(folder / "regimes.json", {**result, "summary": summary, "limits": table})
     text = report.markdown_table(summary, common.summary_columns(BY))
+    text += "\n\n" + report.markdown_table(score_intervals(result))
     text += "\n\n" + "\n".join(limits_in_words(result))
     text += "\n\n" + report.markdown_table(table, [*BY, *DIAG, "limit"])
     text += "\n\n" + report.markdown_table(runs_table(result)) + "\n"
@@ -230,6 +231,24 @@ def console_table(result: dict) -> str:
         r.update({f"agree_{s}": d[f"agreement_{s}"] for s in diagnostics.SETS}, limit=d["limit"])
     cols = [*BY, "percent_mean", *(f"agree_{s}" for s in diagnostics.SETS), "limit"]
     return report.markdown_table(summary, cols)
+
+
+def score_intervals(result: dict) -> list[dict]:
+    """Per (game, net, regime): the mean score and % of teacher over seeds, each with its 95 %
+    percentile interval from a bootstrap over the seeds (`distill.stats.interval`)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in result["rows"]:
+        groups.setdefault(tuple(r[k] for k in BY), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row = {**dict(zip(BY, key, strict=True)), "seeds": len(rs)}
+        for value, name, digits in (("score", "score", 2), ("percent_of_teacher", "percent", 1)):
+            est = stats.interval({key[0]: np.array([r[value] for r in rs])}, stats.mean)
+            row[f"{name} [95 % CI]"] = (
+                f"{est['point']:.{digits}f} [{est['lo']:.{digits}f}, {est['hi']:.{digits}f}]"
+            )
+        out.append(row)
+    return out
 
 
 LIMIT_ORDER = ("undertraining", "overfitting", "covariate shift", "plateau", "none")
@@ -287,6 +306,10 @@ def report_section(result: dict) -> list[str]:
         f"plateau (all below {diagnostics.LOW_AGREEMENT}, not rising) or none.",
         "",
         report.markdown_table(common.summarise(result["rows"], BY), common.summary_columns(BY)),
+        "",
+        "Per game, the mean over seeds with its 95 % interval (a bootstrap over the seeds):",
+        "",
+        report.markdown_table(score_intervals(result)),
         "",
         "### What limits each run",
         "",
