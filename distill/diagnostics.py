@@ -83,6 +83,31 @@ def limit(rows: Sequence[dict]) -> str:
     return "plateau" if low else "none"
 
 
+def explain(limit_: str, a: float, b: float, c: float) -> str:
+    """The limit `limit_` of a run whose last block's agreements are a (training states), b
+    (held-out teacher states) and c (the student's own states), in words, with the numbers that
+    decided it and what would lift it."""
+    nums = f"a {a:.3f}, b {b:.3f}, c {c:.3f}"
+    if limit_ == "undertraining":
+        return f"all three below {LOW_AGREEMENT} and still rising ({nums}): more updates first"
+    if limit_ == "overfitting":
+        return (
+            f"training states fit better than held-out teacher states, a - b = {a - b:.3f} > "
+            f"{OVERFIT_GAP} ({nums}): more or fresher data (the stream) would help"
+        )
+    if limit_ == "covariate shift":
+        return (
+            f"the student's own states are harder than the teacher's, b - c = {b - c:.3f} > "
+            f"{SHIFT_GAP} ({nums}): training on its own states (DAgger) would help"
+        )
+    if limit_ == "plateau":
+        return (
+            f"all three below {LOW_AGREEMENT} and no longer rising ({nums}): the student or its "
+            "data is too small"
+        )
+    return f"all three at {LOW_AGREEMENT} or above and within the gaps ({nums}): no limit shows"
+
+
 # ---------------------------------------------------------------------------- the three sets
 
 

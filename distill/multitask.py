@@ -92,17 +92,25 @@ class MultiMetrics(NamedTuple):
     score: jax.Array  # [games] mean evaluation score per game after the block
 
 
-def make_multitask_distill(
+class MultiParts(NamedTuple):
+    """The pieces every multi-task student is built of, whatever its states' source."""
+
+    network: networks.MultiTaskQNetwork
+    init: Callable  # init(key) -> StudentState
+    update: Callable  # update((params, opt_state), (key, task), datas, hyper) -> (carry, loss)
+    scores: Callable  # scores(params, key) -> [games] mean evaluation score of each head
+
+
+def make_multitask_parts(
     config: student.StudentConfig,
     games: Sequence[str],
     mesh: jax.sharding.Mesh | None = None,
-):
-    """(network, init(key) -> StudentState, run(state, datas, hyper, blocks) -> (state, metrics)).
+) -> MultiParts:
+    """A multi-task student's network, init, one update and evaluation (pure).
 
-    `datas` is a tuple of `Dataset.arrays()`, one per game (in `games` order). Update u trains
-    on a minibatch of game u mod len(games); after every `eval_every` updates each game's head is
-    evaluated in its own env, all inside one compiled call. A `mesh` with a `data` axis splits
-    each minibatch over it.
+    `update` trains on one minibatch of game `task` from `datas[task]` (a tuple, one per game,
+    of `Dataset.arrays()` or any `[rows, envs, ...]` dict of obs and q); `scores` evaluates each
+    head in its own env over `config.eval_episodes` episodes.
     """
     sharding.check_batch(config.batch_size, mesh)
     games = tuple(games)
@@ -144,28 +152,49 @@ def make_multitask_distill(
         params, opt_state = distillation.apply_gradients(optimizer, params, opt_state, g)
         return (params, opt_state), loss
 
+    def scores(params, key):
+        eps = jnp.float32(evaluate.EVAL_EPSILON)
+        return jnp.stack(
+            [
+                jnp.mean(ev(params, k, eps))
+                for ev, k in zip(evaluators, jax.random.split(key, len(games)), strict=True)
+            ]
+        )
+
+    return MultiParts(network, init, update, scores)
+
+
+def make_multitask_distill(
+    config: student.StudentConfig,
+    games: Sequence[str],
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """(network, init(key) -> StudentState, run(state, datas, hyper, blocks) -> (state, metrics)).
+
+    `datas` is a tuple of `Dataset.arrays()`, one per game (in `games` order). Update u trains
+    on a minibatch of game u mod len(games); after every `eval_every` updates each game's head is
+    evaluated in its own env, all inside one compiled call. A `mesh` with a `data` axis splits
+    each minibatch over it. (The offline regime; `distill.multitask_regimes` has stream and
+    dagger.)
+    """
+    games = tuple(games)
+    parts = make_multitask_parts(config, games, mesh)
+
     def block(state, datas, hyper):
         key, k_upd, k_eval = jax.random.split(state.key, 3)
         tasks = (state.updates + jnp.arange(config.eval_every)) % len(games)
         (params, opt_state), loss = jax.lax.scan(
-            lambda c, x: update(c, x, datas, hyper),
+            lambda c, x: parts.update(c, x, datas, hyper),
             (state.params, state.opt_state),
             (jax.random.split(k_upd, config.eval_every), tasks),
         )
-        eps = jnp.float32(evaluate.EVAL_EPSILON)
-        scores = jnp.stack(
-            [
-                jnp.mean(ev(params, k, eps))
-                for ev, k in zip(evaluators, jax.random.split(k_eval, len(games)), strict=True)
-            ]
-        )
         new = student.StudentState(params, opt_state, key, state.updates + config.eval_every)
-        return new, MultiMetrics(jnp.mean(loss), scores)
+        return new, MultiMetrics(jnp.mean(loss), parts.scores(params, k_eval))
 
     def run(state, datas, hyper, blocks: int):
         return jax.lax.scan(lambda s, _: block(s, datas, hyper), state, None, length=blocks)
 
-    return network, init, run
+    return parts.network, parts.init, run
 
 
 # ---------------------------------------------------------------------------- multi-task DQN

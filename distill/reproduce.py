@@ -117,6 +117,7 @@ def reproduce(
         "stage_wall_s": timings,
         "stages": stages,
         "command": f"distill reproduce --suite {suite} --budget {budget_name} --out {out}"
+        + (f" --stages {','.join(only)}" if only else "")
         + "".join(f" {cliconf.flag(k)} {cliconf.shown(v)}" for k, v in (overrides or {}).items()),
     }
     for i, stage in enumerate(stages, 1):

@@ -212,3 +212,147 @@ def test_cli_refuses_a_regime_without_its_inputs(capsys):
     assert "needs --teacher" in capsys.readouterr().err
     assert cli.main(["student", "--out", "o"]) == 2
     assert "--dataset is required" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- multi-task
+
+MT_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar")  # 4 and 6 channels: padding is used
+MT_CONFIG = student.StudentConfig(
+    net="net2", loss="kl", updates=100, eval_every=50, eval_episodes=2
+)
+MT_SMALL = dict(buffer_states=192, actors=8, interleave=25, diag_states=32, diag_envs=4, stagger=20)
+
+
+@pytest.fixture(scope="module")
+def mt_teachers():
+    return [checkpoint.load(paths.shipped_teacher(g), env_id=g) for g in MT_GAMES]
+
+
+def test_multitask_rounds_share_updates_per_state_over_games():
+    from distill import multitask_regimes as mtr
+
+    config = regimes.RegimeConfig(regime="stream", actors=8, interleave=100, updates_per_state=0.5)
+    # 100 updates a round at U = 0.5: 200 new states, 100 a game, about 12 rows of 8 envs
+    assert mtr.rows_per_round(config, 2) == 12
+    assert mtr.rows_per_round(config, 1) == config.rows_per_round == 25
+    full = {f"{m}_{s} Breakout-MinAtar": 0.4 for m in ("agreement", "kl") for s in diagnostics.SETS}
+    one = mtr.game_rows([{"score Breakout-MinAtar": 2.0, **full}], "Breakout-MinAtar")
+    assert one == [{"score": 2.0, **{k.split(" ")[0]: 0.4 for k in full}}]
+
+
+def test_multitask_stream_runs_with_a_buffer_per_game(mt_teachers):
+    from distill import multitask_regimes as mtr
+
+    config = regimes.RegimeConfig(regime="stream", **MT_SMALL)
+    job = mtr.MultitaskRegimeJob(MT_CONFIG, config, mt_teachers)
+    out = job.start(job.init())
+    for _ in range(2):
+        out = job.advance(out, 50).state
+    rows_per_round = mtr.rows_per_round(config, 2)
+    assert rows_per_round == round(25 / (0.19 * 8 * 2))
+    for k, teacher in enumerate(mt_teachers):  # each game's buffer in its own format, labelled
+        buffer = out.buffers[k]  # by its teacher
+        shape = teacher.spec.obs_shape
+        assert buffer["obs"].shape == (job.buffer_rows, 8, *shape)
+        assert buffer["q"].shape[-1] == mt_teachers[k].spec.num_actions
+    # the oldest row is the next written: 4 rounds of rows past the fill, modulo 24 rows
+    assert job.buffer_rows == 24
+    assert int(out.ptr) == (4 * rows_per_round) % job.buffer_rows
+    assert int(out.student.updates) == 100
+
+
+def test_multitask_dagger_resumed_is_bit_identical(tmp_path, mt_teachers):
+    from distill import jobs
+    from distill import multitask_regimes as mtr
+
+    config = regimes.RegimeConfig(regime="dagger", **MT_SMALL)
+    job = mtr.MultitaskRegimeJob(MT_CONFIG, config, mt_teachers)  # one job: compiled once
+    whole = jobs.run(job, tmp_path / "whole", progress=False)
+    rows = whole.manifest["metrics"]
+    assert [r["beta"] for r in rows] == [1.0, 0.5]
+    per_round = mtr.rows_per_round(config, 2) * config.actors
+    assert rows[-1]["new_states"] == 4 * per_round  # 100 updates / 25 a round
+    for r in rows:
+        for g in MT_GAMES:
+            assert np.isfinite(r[f"score {g}"]), r
+            for s in diagnostics.SETS:
+                assert 0.0 <= r[f"agreement_{s} {g}"] <= 1.0 and r[f"kl_{s} {g}"] >= 0.0
+    limits = ("overfitting", "covariate shift", "undertraining", "plateau", "none")
+    assert set(whole.manifest["limit"]) == set(MT_GAMES)
+    assert all(v in limits for v in whole.manifest["limit"].values())
+    cut = tmp_path / "cut"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(runs, "StopRequest", StopAtOnce)
+        with pytest.raises(runs.Interrupted, match="checkpoint saved at update 50"):
+            jobs.run(job, cut, progress=False)
+    stream = regimes.RegimeConfig("stream", **MT_SMALL)
+    other = mtr.MultitaskRegimeJob(MT_CONFIG, stream, mt_teachers)  # refused before compiling
+    with pytest.raises(checkpoint.CheckpointError, match="another config"):
+        jobs.previous(other, cut, True)
+    resumed = jobs.run(job, cut, resume=True, progress=False)
+    for x, y in zip(leaves(resumed.params), leaves(whole.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(resumed.manifest["metrics"]) == strip(rows)
+    again = jobs.run(job, cut, resume=True, progress=False)  # finished: read back
+    for x, y in zip(leaves(again.params), leaves(whole.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_report_names_the_limit_of_every_run_in_words_and_a_table():
+    from distill.experiments import regimes as experiment
+
+    def run(regime, seed, a, b, c, limit):
+        return {
+            "game": GAME,
+            "net": "net2",
+            "regime": regime,
+            "seed": seed,
+            "score": 1.0 + seed,
+            "percent_of_teacher": 50.0,
+            **row(a, b, c),
+            **{f"kl_{s}": 0.1 for s in diagnostics.SETS},
+            "limit": limit,
+        }
+
+    result = {
+        "rows": [
+            run("offline", 0, 0.95, 0.85, 0.84, "overfitting"),
+            run("offline", 1, 0.93, 0.86, 0.85, "overfitting"),
+            run("dagger", 0, 0.95, 0.94, 0.93, "none"),
+        ]
+    }
+    words = "\n".join(experiment.limits_in_words(result))
+    assert "Of 3 runs, the limit the last evaluation block shows: overfitting 2, none 1." in words
+    assert f"- {GAME}, net2 student, offline: overfitting in 2 of 2 seeds; overfitting:" in words
+    assert "a - b = 0.085 > 0.05" in words  # the seeds' mean a 0.94, b 0.855
+    assert f"- {GAME}, net2 student, dagger: none in 1 of 1 seeds; none:" in words
+    table = experiment.runs_table(result)
+    assert [(r["regime"], r["seed"], r["limit"]) for r in table] == [
+        ("offline", 0, "overfitting"),
+        ("offline", 1, "overfitting"),
+        ("dagger", 0, "none"),
+    ]
+    ci = experiment.score_intervals(result)  # seeds scored 1 and 2: the bootstrap spans them
+    assert ci[0]["seeds"] == 2 and ci[0]["score [95 % CI]"] == "1.50 [1.00, 2.00]"
+    assert ci[1]["percent [95 % CI]"] == "50.0 [50.0, 50.0]"
+    for limit in ("undertraining", "overfitting", "covariate shift", "plateau", "none"):
+        assert "a 0.900, b 0.800, c 0.700" in diagnostics.explain(limit, 0.9, 0.8, 0.7)
+
+
+def test_the_multitask_regime_is_a_budget_field():
+    """`distill experiment multitask --regime stream` and `distill reproduce --regime dagger`
+    select the multi-task students' regime; anything else is refused."""
+    import dataclasses
+
+    from distill import cli, experiments
+
+    smoke = experiments.BUDGETS["smoke"]
+    assert smoke.regime == "offline"
+    assert dataclasses.replace(smoke, regime="dagger").regime == "dagger"
+    with pytest.raises(ConfigError, match="regime='replay' is not valid"):
+        dataclasses.replace(smoke, regime="replay")
+    args = cli.build_parser().parse_args(
+        ["experiment", "multitask", "--out", "o", "--regime", "stream"]
+    )
+    assert cli._budget_overrides(args, experiments) == {"regime": "stream"}

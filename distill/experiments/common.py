@@ -61,6 +61,9 @@ class Budget:
     """rows the online teacher records a round (x 64 envs of fresh states)"""
     online_window_rounds: int = 8
     """the online student samples from the most recent rounds' data"""
+    regime: str = "offline"
+    """the multi-task students' regime: offline (the datasets), stream or dagger (a buffer per
+    game, `distill.multitask_regimes`); the regimes stage compares all three on single games"""
 
     @property
     def fixed_student_updates(self) -> int:
@@ -106,6 +109,12 @@ class Budget:
             require(isinstance(value, int) and value >= 0, name, value, "must be an integer >= 0")
         positive_int("online_rows_per_round", self.online_rows_per_round)
         positive_int("online_window_rounds", self.online_window_rounds)
+        require(
+            self.regime in ("offline", "stream", "dagger"),
+            "regime",
+            self.regime,
+            "one of offline, stream, dagger",
+        )
 
 
 def rule_of(b: dict) -> str:

@@ -17,7 +17,7 @@ from distill import losses, paths, report, sharding, student, teacher, xla
 from distill import multitask as mt
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.config import to_dict
-from distill.experiments import common, paired
+from distill.experiments import common, paired, regimes
 from distill.experiments.registry import Experiment
 
 # Rusu et al. (2016), 3-game multi-task results, geometric mean of % of single-game teachers.
@@ -82,10 +82,11 @@ def multitask(
     runs_dir = Path(runs_dir or paths.runs_dir())
     games = tuple(b.games)
     common.prepare_games(games, b, runs_dir, progress)
-    teachers, datas, teacher_steps = [], [], 0
+    teachers, datas, teacher_steps, policies = [], [], 0, []
     for env_id in games:
         policy, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
+        policies.append(policy)
         datas.append(data.arrays())
         teacher_steps += int(policy.manifest.get("env_steps", b.teacher_steps))
     rows = []
@@ -110,7 +111,10 @@ def multitask(
             eval_every=b.eval_every * len(games),
             eval_episodes=b.eval_episodes,
         )
-        params, _ = distil_multitask_students(config, games, tuple(datas), b.seeds, mesh)
+        if b.regime == "offline":
+            params, _ = distil_multitask_students(config, games, tuple(datas), b.seeds, mesh)
+        else:  # stream or dagger (issue 18): the teachers in the loop, a buffer per game
+            params = regimes.multitask_students(config, policies, b, runs_dir, progress)
         network = mt.build(games, config.net)
         add_rows(f"distilled-{loss}", heads_scores(network, params, games, b.eval_episodes))
     dqn_steps = b.multitask_dqn_steps or teacher_steps

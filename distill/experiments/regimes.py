@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import diagnostics, envs, jobs, paths, report, student
+from distill import diagnostics, envs, jobs, paths, report, stats, student
 from distill import regimes as regimes_mod
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common, paired
@@ -45,6 +45,32 @@ def regime_config(b: common.Budget, regime: str) -> regimes_mod.RegimeConfig:
         diag_states=256 if b.name == "smoke" else 2_048,
         stagger=100 if b.name == "smoke" else None,  # smoke checks the plumbing, quickly
     )
+
+
+def multitask_students(
+    config: student.StudentConfig,
+    teachers: list,
+    b: common.Budget,
+    runs_dir: Path,
+    progress: bool = True,
+):
+    """`b.seeds` multi-task students of `teachers`' games under `b.regime` (stream or dagger,
+    `distill.multitask_regimes`), one after another, each resumable in its own folder under
+    runs_dir/multitask-students: their params stacked on a leading `[seeds]` axis."""
+    from distill import multitask_regimes as mtr
+
+    regime = regime_config(b, b.regime)
+    job = mtr.MultitaskRegimeJob(config, regime, teachers)
+    params = []
+    for seed in range(b.seeds):  # one job's compiled functions for every seed
+        seeded = job.for_seed(seed)
+        ident = seeded.identity()
+        digest = json.dumps([ident[k] for k in ("config", "regime", "games")], sort_keys=True)
+        sha = hashlib.sha256(digest.encode()).hexdigest()[:10]
+        name = f"{config.net}_{config.loss}_{regime.regime}_s{seed}_{sha}"
+        folder = runs_dir / "multitask-students" / name
+        params.append(jobs.run(seeded, folder, resume=True, progress=progress).params)
+    return jax.tree_util.tree_map(lambda *x: np.stack(x), *params)
 
 
 def run_one(job: regimes_mod.RegimeJob, folder: Path, progress: bool):
@@ -188,7 +214,10 @@ def write_regimes(result: dict, out: str | Path) -> Path:
     table = diagnostics_table(result)
     atomic_write_json(folder / "regimes.json", {**result, "summary": summary, "limits": table})
     text = report.markdown_table(summary, common.summary_columns(BY))
-    text += "\n\n" + report.markdown_table(table, [*BY, *DIAG, "limit"]) + "\n"
+    text += "\n\n" + report.markdown_table(score_intervals(result))
+    text += "\n\n" + "\n".join(limits_in_words(result))
+    text += "\n\n" + report.markdown_table(table, [*BY, *DIAG, "limit"])
+    text += "\n\n" + report.markdown_table(runs_table(result)) + "\n"
     atomic_write_text(folder / "regimes.md", text)
     regimes_figure(result).savefig(folder / "regimes.png", dpi=110)
     return folder
@@ -204,6 +233,66 @@ def console_table(result: dict) -> str:
     return report.markdown_table(summary, cols)
 
 
+def score_intervals(result: dict) -> list[dict]:
+    """Per (game, net, regime): the mean score and % of teacher over seeds, each with its 95 %
+    percentile interval from a bootstrap over the seeds (`distill.stats.interval`)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in result["rows"]:
+        groups.setdefault(tuple(r[k] for k in BY), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row = {**dict(zip(BY, key, strict=True)), "seeds": len(rs)}
+        for value, name, digits in (("score", "score", 2), ("percent_of_teacher", "percent", 1)):
+            est = stats.interval({key[0]: np.array([r[value] for r in rs])}, stats.mean)
+            row[f"{name} [95 % CI]"] = (
+                f"{est['point']:.{digits}f} [{est['lo']:.{digits}f}, {est['hi']:.{digits}f}]"
+            )
+        out.append(row)
+    return out
+
+
+LIMIT_ORDER = ("undertraining", "overfitting", "covariate shift", "plateau", "none")
+
+
+def runs_table(result: dict) -> list[dict]:
+    """Per run (game, net, regime, seed): % of teacher, the last block's three agreements and
+    the limit it shows."""
+    keep = ("percent_of_teacher", *(f"agreement_{s}" for s in diagnostics.SETS))
+    return [
+        {
+            **{k: r[k] for k in (*BY, "seed")},
+            **{k: round(float(r[k]), 3) for k in keep},
+            "limit": r["limit"],
+        }
+        for r in result["rows"]
+    ]
+
+
+def limits_in_words(result: dict) -> list[str]:
+    """The limit of every run in words: a count over all runs, then one line per (game, net,
+    regime) with its seeds' limits and the reason (`diagnostics.explain`) for the most common,
+    from the seeds' mean agreements."""
+    rows = result["rows"]
+    counts = {k: sum(r["limit"] == k for r in rows) for k in LIMIT_ORDER}
+    counts = {k: v for k, v in counts.items() if v}
+    lines = [
+        f"Of {len(rows)} runs, the limit the last evaluation block shows: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + ".",
+        "",
+    ]
+    for d in diagnostics_table(result):
+        seeds = [r for r in rows if all(r[k] == d[k] for k in BY)]
+        found = {k: sum(r["limit"] == k for r in seeds) for k in LIMIT_ORDER}
+        of = ", ".join(f"{k} in {v} of {len(seeds)}" for k, v in found.items() if v)
+        a, b, c = (d[f"agreement_{s}"] for s in diagnostics.SETS)
+        lines.append(
+            f"- {d['game']}, {d['net']} student, {d['regime']}: {of} seeds; "
+            f"{d['limit']}: {diagnostics.explain(d['limit'], a, b, c)}."
+        )
+    return lines
+
+
 def report_section(result: dict) -> list[str]:
     return [
         "## Regimes (offline, stream, dagger)",
@@ -211,13 +300,26 @@ def report_section(result: dict) -> list[str]:
         "The paper distilled from a stream (the teacher kept playing into a replay memory of the "
         "most recent play); DAgger lets the student act and the teacher label. Agreement with "
         "the teacher's argmax on (a) training states, (b) held-out teacher states and (c) the "
-        "student's own states tells the limits apart: undertraining (all low and rising), "
-        f"overfitting (a - b > {diagnostics.OVERFIT_GAP}), covariate shift "
-        f"(b - c > {diagnostics.SHIFT_GAP}).",
+        "student's own states tells the limits apart: undertraining (all below "
+        f"{diagnostics.LOW_AGREEMENT} and rising), overfitting (a - b > "
+        f"{diagnostics.OVERFIT_GAP}), covariate shift (b - c > {diagnostics.SHIFT_GAP}), "
+        f"plateau (all below {diagnostics.LOW_AGREEMENT}, not rising) or none.",
         "",
         report.markdown_table(common.summarise(result["rows"], BY), common.summary_columns(BY)),
         "",
+        "Per game, the mean over seeds with its 95 % interval (a bootstrap over the seeds):",
+        "",
+        report.markdown_table(score_intervals(result)),
+        "",
+        "### What limits each run",
+        "",
+        *limits_in_words(result),
+        "",
         report.markdown_table(diagnostics_table(result), [*BY, *DIAG, "limit"]),
+        "",
+        "Per run (the last block):",
+        "",
+        report.markdown_table(runs_table(result)),
         "",
         "![regimes](regimes/regimes.png)",
         "",
