@@ -186,6 +186,10 @@ def test_five_game_multitask_with_the_wide_trunk(tmp_path, monkeypatch):
     text = "\n".join(multitask_distillation.report_section(result))
     assert "One network for 5 games" in text and "wide: conv32x3/1 fc192 +LN" in text
     assert f"{result['params']:,} parameters" in text
+    assert multitask_distillation.multitask_table(result)[-1] == {
+        "game": "paper (10 Atari games, wider net)",
+        "distilled-kl": 89.3,
+    }
 
 
 def test_the_multitask_dqn_takes_the_trunk():
