@@ -201,3 +201,18 @@ def test_the_multitask_dqn_takes_the_trunk():
     assert dataclasses.replace(config, net="teacher").net == "teacher"
     shapes = jax.eval_shape(lambda k: mt.init_params(network, k, FIVE), jax.random.PRNGKey(0))
     assert networks.count_params(shapes) == _multitask_params(FIVE, "large-wide")
+
+
+@pytest.mark.parametrize(
+    "folder", sorted((paths.data_dir() / "teachers").glob("*-large")), ids=lambda p: p.name
+)
+def test_every_shipped_large_teacher_has_its_reference(folder):
+    """Each data/teachers/<env>-large: a complete large-teacher run with a reference beside it
+    that matches its parameters (se within 3 % of the mean, or the cap)."""
+    manifest = checkpoint.read_manifest(folder)
+    assert manifest["status"] == "complete" and manifest["net"] == "large-teacher"
+    policy = checkpoint.load(folder, env_id=manifest["env_id"])
+    assert paths.shipped_teacher(policy.env_id, "large") == folder
+    ref = paired.teacher_reference(policy, paths.runs_dir(), compute=False)
+    assert ref["episodes"] == len(ref["episode_scores"]) >= paired.BATCH[True]
+    assert ref["se"] <= paired.REL_SE * abs(ref["mean"]) or ref["episodes"] == paired.CAP[True]
