@@ -115,7 +115,11 @@ register(
         name="minatar",
         owns=lambda env_id: env_id in envs.MINATAR_IDS,
         spec=envs.gymnax_spec,
-        nets={**networks.MINATAR_NETS, **networks.MINATAR_LARGE_NETS},
+        nets={
+            **networks.MINATAR_NETS,
+            **networks.MINATAR_LARGE_NETS,
+            **networks.MINATAR_MULTITASK_NETS,
+        },
         preset=dict(updates_per_step=2),
         stepper="graph",
         storage_dtype="bool",  # 0/1 object maps: 4x less memory than float32

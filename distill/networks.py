@@ -84,6 +84,16 @@ MINATAR_LARGE_NETS: dict[str, NetSpec] = {
     "large-net3": _minatar_large("large-net3", (16, 16, 16), 64),
 }
 
+# Multi-task trunks (a per-game fc2 of 128 and a controller go on top, `MultiTaskQNetwork`). The
+# paper's 3-game net is its teacher's trunk ("teacher", "large-teacher" here); its 10-game net
+# widens it, 32-64-64 filters and 512 units to 64-64-64 and 1500: 4.0x the teacher's parameters
+# with ten heads. "large-wide" is that net for 10x10 inputs (4.4x large-teacher with five heads);
+# "wide" widens the small teacher to the same ratio (twice the filters, 1.5x the units: 3.9x).
+MINATAR_MULTITASK_NETS: dict[str, NetSpec] = {
+    "wide": NetSpec("wide", ((32, 3, 1),), (192,), layer_norm=True),
+    "large-wide": _minatar_large("large-wide", (64, 64, 64), 1500),
+}
+
 # Vector observations (CartPole): an MLP, for fast tests.
 VECTOR_NETS: dict[str, NetSpec] = {
     "teacher": NetSpec("teacher", (), (64, 64)),
@@ -111,7 +121,8 @@ def teacher_of(name: str) -> str:
 def all_net_names() -> tuple[str, ...]:
     """Every net name of every table (configs check names before they know the env)."""
     names = [*NET_NAMES]
-    for table in (ATARI_NETS, MINATAR_NETS, MINATAR_LARGE_NETS, VECTOR_NETS):
+    tables = (ATARI_NETS, MINATAR_NETS, MINATAR_LARGE_NETS, MINATAR_MULTITASK_NETS, VECTOR_NETS)
+    for table in tables:
         names += [n for n in table if n not in names]
     return tuple(names)
 

@@ -31,9 +31,18 @@ def runs_dir() -> Path:
     return Path(os.environ.get("DISTILL_RUNS", repo_root() / "runs"))
 
 
-def shipped_teacher(env_id: str) -> Path:
-    """data/teachers/<env id with '/' as '-'>: the trained teacher shipped with the repo."""
-    return data_dir() / "teachers" / envs.spec(env_id).safe_name
+# Teacher sizes shipped with the repo: "small" (the MinAtar paper's network, data/teachers/<env>)
+# and "large" (the over-parameterised `large-teacher`, data/teachers/<env>-large).
+TEACHER_SIZES = ("small", "large")
+
+
+def shipped_teacher(env_id: str, size: str = "small") -> Path:
+    """data/teachers/<env id with '/' as '-'>, with '-large' for a large teacher: the trained
+    teacher of that size shipped with the repo."""
+    if size not in TEACHER_SIZES:
+        raise ValueError(f"teacher size {size!r}: choose one of {TEACHER_SIZES}")
+    suffix = "" if size == "small" else f"-{size}"
+    return data_dir() / "teachers" / (envs.spec(env_id).safe_name + suffix)
 
 
 def budget(default: str = "quick") -> str:

@@ -46,6 +46,7 @@ def _machine() -> dict:
 
 def _teachers(b: experiments.Budget, runs_dir: Path, progress: bool) -> dict:
     """The first stage: every game's teacher (shipped or trained) and its reference scores."""
+    experiments.common.check_teachers(b.games, b)  # a missing large teacher, before all else
     rows = []
     for env_id in b.games:
         policy = experiments.ensure_teacher(env_id, b, runs_dir, progress)
@@ -185,7 +186,8 @@ def render_report(meta: dict, results: dict, claims_section: str = "") -> str:
     the paper's numbers, with the run's facts."""
     b = meta["budget"]
     lines = [
-        f"# Policy distillation, reproduced: {meta['suite']} suite, {b['name']} budget",
+        f"# Policy distillation, reproduced: {meta['suite']} suite, {b['name']} budget"
+        + (f", {b['teachers']} teachers" if b.get("teachers", "small") != "small" else ""),
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']['platform']}, {meta['machine']['cpus']} CPUs, "

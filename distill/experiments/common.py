@@ -64,6 +64,13 @@ class Budget:
     regime: str = "offline"
     """the multi-task students' regime: offline (the datasets), stream or dagger (a buffer per
     game, `distill.multitask_regimes`); the regimes stage compares all three on single games"""
+    teachers: str = "small"
+    """teacher size: small (data/teachers/<env>; students teacher, net1-3) or large (MinAtar's
+    over-parameterised large-teacher, data/teachers/<env>-large; students large-teacher,
+    large-net1-3)"""
+    multitask_net: str = "teacher"
+    """the multi-task student's and DQN's trunk: teacher (the paper's 3-game net: the teacher's
+    trunk) or wide (its 10-game net: a wider trunk); a per-game fc2 of 128 and controller each"""
 
     @property
     def fixed_student_updates(self) -> int:
@@ -115,6 +122,40 @@ class Budget:
             self.regime,
             "one of offline, stream, dagger",
         )
+        sizes = paths.TEACHER_SIZES
+        require(self.teachers in sizes, "teachers", self.teachers, f"one of {sizes}")
+        require(
+            self.multitask_net in MULTITASK_NETS,
+            "multitask_net",
+            self.multitask_net,
+            f"one of {MULTITASK_NETS}",
+        )
+        for game in self.games:  # only MinAtar has the large nets
+            require(
+                net_of(self, "teacher") in families.owner(game).nets,
+                "teachers",
+                self.teachers,
+                f"{game} has no {self.teachers} nets (large: MinAtar games only)",
+            )
+
+
+MULTITASK_NETS = ("teacher", "wide")  # the paper's 3-game and 10-game multi-task shapes
+
+
+def net_of(b: Budget, size: str) -> str:
+    """The network a budget's experiments build for the paper's size `size` (teacher, net1-3,
+    wide): itself with small teachers, 'large-' + it with large ones ('net2' -> 'large-net2')."""
+    return size if b.teachers == "small" else f"{b.teachers}-{size}"
+
+
+def teachers_note(b: dict) -> str:
+    """The teacher size of a result's budget (as results.json holds it), in words."""
+    if b.get("teachers", "small") == "small":
+        return "Teachers: small (the shipped teachers; students teacher, net1, net2, net3)."
+    return (
+        f"Teachers: {b['teachers']} (the shipped {b['teachers']}-teacher of each game; students "
+        f"{', '.join(b['teachers'] + '-' + n for n in ('teacher', 'net1', 'net2', 'net3'))})."
+    )
 
 
 def rule_of(b: dict) -> str:
@@ -249,13 +290,43 @@ def budget(name: str, **overrides) -> Budget:
 # ---------------------------------------------------------------------------- ingredients
 
 
+def missing_teachers(games, b: Budget) -> list[str]:
+    """The games without a shipped teacher of the budget's size (none with small teachers:
+    those missing are trained)."""
+    if b.teachers == "small":
+        return []
+    return [
+        g
+        for g in games
+        if not (paths.shipped_teacher(g, b.teachers) / checkpoint.MANIFEST).exists()
+    ]
+
+
+def check_teachers(games, b: Budget) -> None:
+    """Refuse (ConfigError, one line) large teachers that are not shipped: one takes hours to
+    train here, a job for `distill teacher` in the background rather than inside an experiment."""
+    from distill.config import ConfigError
+
+    missing = missing_teachers(games, b)
+    if missing:
+        g = missing[0]
+        raise ConfigError(
+            f"no {b.teachers} teacher shipped for {', '.join(missing)} "
+            f"({paths.shown(paths.shipped_teacher(g, b.teachers))}): train it with `distill "
+            f"teacher --env {g} --net {net_of(b, 'teacher')} --out runs/teachers/{g}-"
+            f"{b.teachers}` and ship it (data/teachers/README.md), or use --teachers small"
+        )
+
+
 def ensure_teacher(
     env_id: str, b: Budget, runs_dir: Path, progress: bool = True
 ) -> checkpoint.Policy:
-    """The shipped teacher for env_id, or one trained (and cached) at the budget's steps."""
-    shipped = paths.shipped_teacher(env_id)
+    """The shipped teacher of the budget's size for env_id; without one, a small teacher is
+    trained (and cached) at the budget's steps and a large one refused (`check_teachers`)."""
+    shipped = paths.shipped_teacher(env_id, b.teachers)
     if (shipped / checkpoint.MANIFEST).exists():
         return checkpoint.load(shipped, env_id=env_id)
+    check_teachers((env_id,), b)
     out = runs_dir / "teachers" / f"{envs.spec(env_id).safe_name}_{b.teacher_steps}"
     if not families.of(env_id).in_graph:
         preset = teacher.default_config(env_id)
@@ -317,7 +388,9 @@ def reference_scores(policy: checkpoint.Policy, b: Budget) -> tuple[float, float
 def prepare_games(games, b: Budget, runs_dir: Path, progress: bool = True) -> None:
     """Across several hosts, each process makes its share of the teachers and datasets (games
     p, p + P, ...) and then waits for the others; with `runs_dir` on a shared file system every
-    one is made once. Nothing on a single host (each is made when first needed)."""
+    one is made once. Nothing on a single host (each is made when first needed). Either way a
+    missing large teacher is refused first (`check_teachers`)."""
+    check_teachers(games, b)
     if jax.process_count() == 1:
         return
     for env_id in sharding.process_share(tuple(games)):

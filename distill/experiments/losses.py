@@ -37,10 +37,10 @@ def loss_comparison(
         _, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
         for loss in losses:
-            config = common.student_config(b, loss=loss, tau=tau, net=net)
+            config = common.student_config(b, loss=loss, tau=tau, net=common.net_of(b, net))
             _, state, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
             # the final score of each student: on the teacher's paired episodes
-            final = paired.student_scores(env_id, net, state.params, b.eval_episodes)
+            final = paired.student_scores(env_id, config.net, state.params, b.eval_episodes)
             for seed in range(b.seeds):
                 rows.append(
                     {
@@ -106,7 +106,8 @@ def report_section(result: dict) -> list[str]:
         "Paper: KL >= NLL > MSE, and a same-size KL student can beat its teacher "
         "(independent Pong reimplementation: KL 11.9, NLL 10.9, MSE 8.4).",
         "",
-        f"Students trained {common.rule_of(result['budget'])}.",
+        f"Students trained {common.rule_of(result['budget'])}. "
+        + common.teachers_note(result["budget"]),
         "",
         report.markdown_table(common.summarise(result["rows"], BY), common.summary_columns(BY)),
         "",

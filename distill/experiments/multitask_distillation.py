@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import losses, paths, report, sharding, student, teacher, xla
+from distill import losses, networks, paths, report, sharding, student, teacher, xla
 from distill import multitask as mt
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.config import to_dict
@@ -22,6 +22,8 @@ from distill.experiments.registry import Experiment
 
 # Rusu et al. (2016), 3-game multi-task results, geometric mean of % of single-game teachers.
 PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 116.9}
+# and its 10-game distilled net (the wide trunk), about 89.3 % (PAPER.md: a secondary source)
+PAPER_MULTITASK_10 = {"distilled-kl": 89.3}
 METHODS = ("multi-dqn", "distilled-nll", "distilled-kl")
 
 
@@ -78,9 +80,11 @@ def multitask(
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """One multi-task student distilled from every game's teacher (NLL and KL), against a
-    multi-task DQN with the same architecture trained on all games jointly."""
+    multi-task DQN with the same architecture trained on all games jointly. The trunk is the
+    budget's `multitask_net` at its teacher size (`common.net_of`)."""
     runs_dir = Path(runs_dir or paths.runs_dir())
     games = tuple(b.games)
+    trunk = common.net_of(b, b.multitask_net)
     common.prepare_games(games, b, runs_dir, progress)
     teachers, datas, teacher_steps, policies = [], [], 0, []
     for env_id in games:
@@ -107,6 +111,7 @@ def multitask(
         config = student.StudentConfig(
             loss=loss,
             tau=tau,
+            net=trunk,
             updates=b.fixed_student_updates * len(games),
             eval_every=b.eval_every * len(games),
             eval_episodes=b.eval_episodes,
@@ -118,7 +123,9 @@ def multitask(
         network = mt.build(games, config.net)
         add_rows(f"distilled-{loss}", heads_scores(network, params, games, b.eval_episodes))
     dqn_steps = b.multitask_dqn_steps or teacher_steps
-    scores = multitask_dqn_scores(games, dqn_steps, b.eval_episodes, runs_dir, progress, mesh)
+    scores = multitask_dqn_scores(
+        games, dqn_steps, b.eval_episodes, runs_dir, progress, mesh, net=trunk
+    )
     add_rows("multi-dqn", scores[None])
     return {
         "rows": rows,
@@ -126,6 +133,9 @@ def multitask(
         "teachers": teachers,
         "multitask_dqn_steps": dqn_steps,
         "channels_padded_to": mt.padded_channels(games),
+        "net": trunk,
+        "layers": network.spec.describe(),
+        "params": multitask_params(games, trunk),
         "budget": dataclasses.asdict(b),
     }
 
@@ -137,10 +147,11 @@ def multitask_dqn_scores(
     runs_dir: Path,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    net: str = "teacher",
 ) -> np.ndarray:
-    """The multi-task DQN baseline trained for `steps` env steps over all games (resumable, in
-    `runs_dir`); its scores on each game's paired episodes, `[games, episodes]`."""
-    dqn_config = teacher.default_config(games[0], total_steps=steps)
+    """The multi-task DQN baseline (trunk `net`) trained for `steps` env steps over all games
+    (resumable, in `runs_dir`); its scores on each game's paired episodes, `[games, episodes]`."""
+    dqn_config = teacher.default_config(games[0], total_steps=steps, net=net)
     dqn_mesh = sharding.for_one_run(mesh)  # one run: only a `data` axis splits it
     network, init, run, iterations = mt.make_multitask_train(dqn_config, games, dqn_mesh)
     key = sharding.replicate(jax.random.PRNGKey(0), dqn_mesh)
@@ -158,6 +169,13 @@ def multitask_dqn_scores(
     )
     params = jax.tree_util.tree_map(lambda x: x[None], sharding.to_host(state.params))
     return heads_scores(network, params, games, eval_episodes)[0]
+
+
+def multitask_params(games: tuple[str, ...], net: str) -> int:
+    """Parameters of the multi-task network of trunk `net` for `games` (all heads), from shapes."""
+    network = mt.build(games, net)
+    shapes = jax.eval_shape(lambda k: mt.init_params(network, k, games), jax.random.PRNGKey(0))
+    return networks.count_params(shapes)
 
 
 def multitask_summary(rows: list[dict]) -> list[dict]:
@@ -200,6 +218,8 @@ def multitask_table(result: dict) -> list[dict]:
     geo = {s["method"]: s["geomean_percent_mean"] for s in result["summary"]}
     out.append({"game": "geometric mean", **geo})
     out.append({"game": "paper (3 Atari games)", **PAPER_MULTITASK})
+    if result.get("net", "").endswith("wide"):
+        out.append({"game": "paper (10 Atari games, wider net)", **PAPER_MULTITASK_10})
     return out
 
 
@@ -223,12 +243,19 @@ def console_table(result: dict) -> str:
 
 def report_section(result: dict) -> list[str]:
     r = result
+    shape = (
+        f" ({r['net']}: {r['layers']}, then fc{mt.HEAD_HIDDEN} and a controller per game; "
+        f"{r['params']:,} parameters)"
+        if "net" in r
+        else ""
+    )
     return [
         "## Multi-task distillation",
         "",
-        f"One network for {len(r['teachers'])} games: a shared trunk, one controller head "
-        f"per game; observations zero-padded to {r['channels_padded_to']} channels. The "
-        f"multi-task DQN trained for {r['multitask_dqn_steps']:,} env steps over all games.",
+        f"One network for {len(r['teachers'])} games: a shared trunk{shape}, one controller "
+        f"head per game; observations zero-padded to {r['channels_padded_to']} channels. The "
+        f"multi-task DQN has the same network and trained for {r['multitask_dqn_steps']:,} "
+        "env steps over all games. " + common.teachers_note(r["budget"]),
         "",
         report.markdown_table(multitask_table(r)),
         "",

@@ -22,8 +22,9 @@ def online(
 ) -> dict:
     """Online distillation on one game: teacher and student evaluated after every round."""
     env_id = env_id or b.games[0]
-    t_config = teacher.default_config(env_id, total_steps=b.online_teacher_steps)
-    s_config = student.StudentConfig(loss="kl", tau=tau)
+    net = common.net_of(b, "teacher")  # the budget's teacher size, for teacher and student
+    t_config = teacher.default_config(env_id, total_steps=b.online_teacher_steps, net=net)
+    s_config = student.StudentConfig(loss="kl", tau=tau, net=net)
     o_config = onl.OnlineConfig(
         rounds=b.online_rounds,
         rows_per_round=b.online_rows_per_round,

@@ -130,11 +130,12 @@ def reference_identity(policy: checkpoint.Policy) -> dict:
 
 
 def reference_path(policy: checkpoint.Policy, runs_dir: Path) -> Path:
-    """Beside a shipped teacher (data/teachers/<env>/reference.json); for one trained in a run,
-    runs_dir/references/<env>_<params sha>.json."""
-    shipped = paths.shipped_teacher(policy.env_id)
-    if Path(policy.path).resolve() == shipped.resolve():
-        return shipped / REFERENCE_FILE
+    """Beside a shipped teacher of either size (data/teachers/<env>[-large]/reference.json); for
+    one trained in a run, runs_dir/references/<env>_<params sha>.json."""
+    for size in paths.TEACHER_SIZES:
+        shipped = paths.shipped_teacher(policy.env_id, size)
+        if Path(policy.path).resolve() == shipped.resolve():
+            return shipped / REFERENCE_FILE
     sha = policy.manifest["files"][checkpoint.PARAMS][:12]
     return Path(runs_dir) / "references" / f"{envs.spec(policy.env_id).safe_name}_{sha}.json"
 

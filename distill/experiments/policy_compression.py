@@ -39,14 +39,16 @@ def compression(
         teachers.append(reference)
         spec = envs.spec(env_id)
         teacher_params = networks.param_count(
-            families.net_spec(env_id, "teacher"), spec.obs_shape, spec.num_actions
+            families.net_spec(env_id, common.net_of(b, "teacher")),
+            spec.obs_shape,
+            spec.num_actions,
         )
         for net in nets:
-            config = common.student_config(b, loss="kl", tau=tau, net=net)
+            config = common.student_config(b, loss="kl", tau=tau, net=common.net_of(b, net))
             _, state, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
-            final = paired.student_scores(env_id, net, state.params, b.eval_episodes)
+            final = paired.student_scores(env_id, config.net, state.params, b.eval_episodes)
             n_params = networks.param_count(
-                families.net_spec(env_id, net), spec.obs_shape, spec.num_actions
+                families.net_spec(env_id, config.net), spec.obs_shape, spec.num_actions
             )
             for seed in range(b.seeds):
                 rows.append(
@@ -147,6 +149,8 @@ def report_section(result: dict) -> list[str]:
         "## Compression (KL students), geometric mean across games",
         "",
         "Paper (10 Atari games): net1 108.3 %, net2 101.7 %, net3 83.9 % of the teacher.",
+        "",
+        common.teachers_note(result["budget"]),
         "",
         report.markdown_table(compression_summary(rows)[1]),
         "",

@@ -109,7 +109,7 @@ def regime_comparison(
                 config = student.StudentConfig(
                     loss="kl",
                     tau=tau,
-                    net=net,
+                    net=common.net_of(b, net),
                     updates=b.updates,
                     eval_every=b.eval_every,
                     eval_episodes=b.eval_episodes,
@@ -124,7 +124,7 @@ def regime_comparison(
                 params = jax.tree_util.tree_map(
                     lambda *x: np.stack(x), *[p.params for p in policies]
                 )
-                final = paired.student_scores(env_id, net, params, b.eval_episodes)
+                final = paired.student_scores(env_id, config.net, params, b.eval_episodes)
                 metrics = [p.manifest["metrics"] for p in policies]
                 for seed, m in enumerate(metrics):
                     rows.append(
