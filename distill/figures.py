@@ -61,54 +61,93 @@ def legend_outside(ax, title: str | None = None) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=title)
 
 
-def _box(ax, xy, text, colour):
-    ax.add_patch(plt.Rectangle(xy, 2.2, 1.2, facecolor=colour, edgecolor="black", lw=1.2, zorder=2))
-    ax.text(xy[0] + 1.1, xy[1] + 0.6, text, ha="center", va="center", fontsize=9, zorder=3)
+def _box(ax, xy, text, colour, width=2.2, height=1.2):
+    ax.add_patch(
+        plt.Rectangle(xy, width, height, facecolor=colour, edgecolor="black", lw=1.2, zorder=2)
+    )
+    ax.text(xy[0] + width / 2, xy[1] + height / 2, text, ha="center", va="center", fontsize=9)
+
+
+def _arrow(ax, start, end, **style):
+    ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "-|>", "lw": 1.5, **style})
 
 
 def pipeline_diagram():
-    """Policy distillation in four boxes: teacher -> dataset -> loss -> student, with the
-    evaluation that closes the loop (Rusu et al. 2016, sections 3-4)."""
-    fig, ax = plt.subplots(figsize=(11, 3.2))
+    """Policy distillation in four boxes: teacher -> dataset -> loss -> student, and the
+    evaluation in the game below the student (Rusu et al. 2016, sections 3 and 5)."""
+    fig, ax = plt.subplots(figsize=(11, 3.6))
     boxes = [
-        ("teacher\nDQN, Q(s, a)\n(notebook 01)", "#f6d7a7"),
-        ("dataset D^T\n(s, q^T) pairs, teacher\nplays ε = 0.05 (02)", "#cfe8cf"),
-        ("loss\nNLL | MSE | KL(τ)\non q^T vs q^S (03)", "#d6e2f5"),
-        ("student\nsame size or smaller\n(04: compression)", "#f5d0d6"),
+        ("teacher\nDQN: $Q^T(s, a)$\n(notebook 01)", "#f6d7a7"),
+        ("dataset $D^T$\n$(s, \\mathbf{q}^T)$ pairs; the teacher\nplays, ε = 0.05 (02)", "#cfe8cf"),
+        ("loss\nNLL | MSE | KL(τ)\n$\\mathbf{q}^T$ against $\\mathbf{q}^S$ (03)", "#d6e2f5"),
+        ("student $Q^S$\nsame size or smaller\n(04: compression)", "#f5d0d6"),
     ]
     for i, (text, colour) in enumerate(boxes):
-        _box(ax, (i * 3.0, 1.0), text, colour)
+        _box(ax, (i * 3.0, 1.4), text, colour)
         if i:
-            ax.annotate(
-                "",
-                xy=(i * 3.0, 1.6),
-                xytext=(i * 3.0 - 0.8, 1.6),
-                arrowprops={"arrowstyle": "-|>", "lw": 1.5},
-            )
+            _arrow(ax, (i * 3.0 - 0.8, 2.0), (i * 3.0, 2.0))
     labels = ["acts in the game", "minibatches of states", "gradient steps (RMSProp)"]
     for i, label in enumerate(labels):
-        ax.text(i * 3.0 + 2.6, 2.35, label, ha="center", fontsize=7, style="italic")
-    ax.annotate(
-        "",
-        xy=(1.1, 0.95),
-        xytext=(10.1, 0.95),
-        arrowprops={"arrowstyle": "-|>", "lw": 1, "ls": "--", "connectionstyle": "arc3,rad=0.25"},
+        ax.text(i * 3.0 + 2.6, 2.75, label, ha="center", fontsize=7, style="italic")
+    _box(
+        ax,
+        (7.6, -0.4),
+        "evaluation: the student plays the game\nscore as % of the teacher's (ε = 0.05)",
+        "white",
+        width=3.6,
+        height=0.9,
     )
+    _arrow(ax, (10.1, 1.4), (10.1, 0.5))
     ax.text(
-        5.6,
-        -0.25,
-        "evaluation: the student plays the game; score as % of the teacher's",
-        ha="center",
+        0.0,
+        0.05,
+        "No reward reaches the student:\nit imitates the teacher's Q-values\n"
+        "on the teacher's states.",
         fontsize=8,
+        va="center",
     )
     ax.set_xlim(-0.2, 11.4)
-    ax.set_ylim(-0.6, 2.8)
+    ax.set_ylim(-0.6, 3.0)
     ax.axis("off")
-    ax.set_title(
-        "Policy distillation: the student learns from the teacher's Q-values, not from reward"
-    )
+    ax.set_title("Policy distillation (Rusu et al. 2016): teacher → dataset → loss → student")
     fig.tight_layout()
     return fig
+
+
+def learning_curves(runs: dict[str, Sequence[dict]], zoom_steps: int | None = None, title=""):
+    """Training-episode return against env steps for several runs (label -> metrics rows), a
+    5-point trailing mean; with `zoom_steps`, a second panel on the first 3 x `zoom_steps` steps,
+    where a short run and a long one can be compared at equal steps."""
+    panels = 2 if zoom_steps else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 2.2, 3.4), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        for label, rows in runs.items():
+            steps = np.array([r["env_steps"] for r in rows], dtype=float)
+            ret = np.array([np.nan if r["mean_return"] is None else r["mean_return"] for r in rows])
+            keep = steps <= 3 * zoom_steps if j == 1 else np.ones(steps.size, bool)
+            if keep.any():
+                ax.plot(steps[keep], trailing_mean(ret, 5)[keep], ".-", ms=3, label=label)
+        ax.set_xlabel("env steps (all parallel envs together)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+        ax.set_title("whole runs" if j == 0 else f"the first {3 * zoom_steps:,} steps", fontsize=9)
+    axes[0, 0].set_ylabel("training-episode return\n(points, ε-greedy exploration)")
+    legend_outside(axes[0, -1])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def trailing_mean(y: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each point and up to `window - 1` before it, NaNs skipped: `[n]` -> `[n]`."""
+    y = np.asarray(y, dtype=float)
+    out = np.full(y.size, np.nan)
+    for i in range(y.size):
+        seg = y[max(0, i - window + 1) : i + 1]
+        if np.isfinite(seg).any():
+            out[i] = np.nanmean(seg)
+    return out
 
 
 # ---------------------------------------------------------------------------- notebook 02
