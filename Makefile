@@ -24,7 +24,7 @@ test: $(STAMP)
 	DISTILL_BUDGET=smoke $(JAX_CACHE) $(BIN)/pytest -q --nbmake tests notebooks
 
 # every notebook at the default budget (quick), as a student runs it: its checks must pass there
-# too before a change to a notebook lands (most of an hour on a laptop CPU; not in `make test`)
+# too before a change to a notebook lands (minutes per notebook on a CPU; not in `make test`)
 test-notebooks: $(STAMP)
 	$(JAX_CACHE) $(BIN)/pytest -q -m quick_budget tests/test_notebooks.py
 

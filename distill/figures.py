@@ -310,6 +310,8 @@ def compression_figure(result: dict):
         ax.plot(*zip(*paper, strict=True), "r*", ms=11, label="paper, Table 2 (10 Atari games)")
     ax.axhline(100, color="grey", ls="--", lw=1)
     ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:.2g} %" for v in x])
+    ax.minorticks_off()
     ax.set_xlabel("student parameters, % of the teacher's (log axis)")
     ax.set_ylabel("score, % of the teacher's")
     ax.set_title("compression: KL students (τ = 0.01) of four sizes", fontsize=10)
