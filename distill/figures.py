@@ -283,7 +283,14 @@ def compression_figure(result: dict):
         nets = list(dict.fromkeys(r["net"] for r in rs))
         x = [np.mean([r["params_percent"] for r in rs if r["net"] == n]) for n in nets]
         y = [np.mean([r["percent_of_teacher"] for r in rs if r["net"] == n]) for n in nets]
-        ax.plot(x, y, ".-", alpha=0.45, lw=1, label=f"{game.replace('-MinAtar', '')} (mean)")
+        ax.plot(
+            x,
+            y,
+            ".-",
+            alpha=0.45,
+            lw=1,
+            label=f"{game.replace('-MinAtar', '')} (mean of {seeds} seeds)",
+        )
     x = [s["params_percent"] for s in summary]
     y = [s["geomean_percent_mean"] for s in summary]
     ax.errorbar(
@@ -310,7 +317,7 @@ def compression_figure(result: dict):
         ax.plot(*zip(*paper, strict=True), "r*", ms=11, label="paper, Table 2 (10 Atari games)")
     ax.axhline(100, color="grey", ls="--", lw=1)
     ax.set_xscale("log")
-    ax.set_xticks(x, [f"{v:.2g} %" for v in x])
+    ax.set_xticks(x, [f"{v:.1f}".rstrip("0").rstrip(".") + " %" for v in x])
     ax.minorticks_off()
     ax.set_xlabel("student parameters, % of the teacher's (log axis)")
     ax.set_ylabel("score, % of the teacher's")
