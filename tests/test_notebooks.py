@@ -1,9 +1,11 @@
 """The notebooks are committed clean and follow the house pattern; `make test` executes them
-(pytest --nbmake notebooks/) at the smoke budget."""
+(pytest --nbmake notebooks/) at the smoke budget, and `make test-notebooks` at the default (quick)
+budget, the one a student opening Jupyter gets (`quick_budget`, excluded from `make test`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -35,3 +37,23 @@ def test_notebook_follows_the_pattern(path):
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1 and "paths.budget()" in "".join(params[0]["source"])
     assert "assert" in "".join(code[-1]["source"]), "the last cell asserts what it claims"
+
+
+@pytest.mark.quick_budget
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_passes_its_checks_at_the_quick_budget(path, monkeypatch):
+    """Every notebook, run as a student runs it (DISTILL_BUDGET unset: quick), ends on its own
+    checks passing. Minutes per notebook: `make test-notebooks` runs them, `make test` does not."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("DISTILL_BUDGET", raising=False)  # the kernel inherits this environment
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute(env=dict(os.environ))
+    printed = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
+    assert "all checks passed" in printed, f"{path.name}: its checks did not all run"
