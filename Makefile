@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The paper's two main results (loss comparison, compression) at the quick budget; the other
+# stages (multitask, online, regimes): `distill reproduce --suite minatar --budget quick`.
 demo: $(STAMP)
-	$(BIN)/distill reproduce --suite minatar --budget quick --out runs/demo
+	$(BIN)/distill reproduce --suite minatar --budget quick --out runs/demo \
+		--stages teachers,losses,compression
 
 test: $(STAMP)
 	$(BIN)/ruff check .
