@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The loss comparison at the quick budget (about 15 minutes on 2 cores, see the README); the
+# The loss comparison at the quick budget (20-40 minutes on 2 cores by the README's estimate); the
 # other stages add to the same folder: `distill reproduce ... --stages compression` (its
 # same-size students are the loss comparison's KL students, read back from runs/demo/students).
 demo: $(STAMP)
