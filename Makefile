@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 JAX_CACHE := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.venv/jax-cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5
 
-.PHONY: demo test test-notebooks lint format bench clean
+.PHONY: demo test test-notebooks test-long lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 # every notebook at the default budget (quick), as a student runs it: its checks must pass there
 # too before a change to a notebook lands (minutes per notebook on a CPU; not in `make test`)
+# the integration tests too long for `make test` (large-teacher compression, five-game multi-task)
+test-long: $(STAMP)
+	DISTILL_BUDGET=smoke $(JAX_CACHE) $(BIN)/pytest -q -m long tests
+
 test-notebooks: $(STAMP)
 	$(JAX_CACHE) $(BIN)/pytest -q -m quick_budget tests/test_notebooks.py
 

@@ -102,7 +102,7 @@ def test_a_missing_large_teacher_is_refused_in_one_line(tmp_path, monkeypatch, c
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_compression_with_large_teachers_trains_the_large_nets(tmp_path):
     """The same-size and smallest students of the large teacher: large-teacher and large-net3
     networks, scored on the large teacher's paired episodes, at 100 % and about 4 %."""
@@ -153,7 +153,7 @@ def test_the_wide_multitask_trunk_is_about_four_times_the_teacher():
     )
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_five_game_multitask_with_the_wide_trunk(tmp_path, monkeypatch):
     """All five MinAtar games (Seaquest's 10 channels pad the others) in one wide student: a
     row per method, game and seed, every head's scores finite, the report naming the shape.
