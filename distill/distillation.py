@@ -5,7 +5,8 @@ distillation (`distill.online`, through `student`) and the linear student of `di
 all train with these pieces; they differ only in how a student computes Q-values from its
 parameters (`q_fn`) and which optimiser it uses. The loss comes from the registry in
 `distill.losses` and its hyperparameters travel as one pytree (`{"tau": 0.01}`), so a sweep can
-`jax.vmap` over them.
+`jax.vmap` over them. A step made for a tuple of losses picks one by an index in that pytree
+(`LOSS_INDEX`), so students of different losses also run side by side under `jax.vmap`.
 """
 
 from __future__ import annotations

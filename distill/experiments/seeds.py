@@ -1,9 +1,10 @@
 """Students of one config trained side by side, one per seed (or per (tau, seed) pair), and the
 on-disk cache that lets a long experiment resume between students.
 
-Seeds run side by side under `jax.vmap`, in one compiled call per (game, loss, network). A device
-mesh (`distill.sharding`) splits the seeds over its `seeds` axis and each student's minibatches
-over its `data` axis.
+Seeds run side by side under `jax.vmap`, in one compiled call per (game, loss, network); with
+`distil_losses`, the seeds of several losses (the loss comparison's NLL, MSE and KL) share one
+call per (game, network). A device mesh (`distill.sharding`) splits the seeds over its `seeds`
+axis and each student's minibatches over its `data` axis.
 """
 
 from __future__ import annotations
