@@ -36,17 +36,18 @@ def agreement(student_q: jax.Array, teacher_q: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(student_q, -1) == jnp.argmax(teacher_q, -1))
 
 
-def select_loss(names: Sequence[str], select: str = "all") -> LossFn:
+def select_loss(names: Sequence[str], select: str = "switch") -> LossFn:
     """`loss(student_q, teacher_q, hyper) -> []`: the loss `names[hyper[LOSS_INDEX]]`.
 
     Students of different losses then share one program: the network runs once per minibatch
     and only the `[batch, actions]` loss differs. `select="switch"` uses `jax.lax.switch` (one
     branch runs for an unbatched index; under `jax.vmap` every branch runs and a select picks);
     `"all"` computes every loss and indexes the `[len(names)]` stack. Both give the same values
-    and gradients (the losses not picked get a zero cotangent). "all" is the default:
-    9 MinAtar teacher-size students (3 losses x 3 seeds) trained 2.3 times as many samples per
-    matmul FLOP as with one program per loss, "switch" 1.2 times (`benchmarks/side_by_side.py`,
-    medians of 2 interleaved rounds on the loaded 2-core CPU).
+    and gradients (the losses not picked get a zero cotangent) at about the same speed: 9
+    MinAtar teacher-size students (3 losses x 3 seeds) in one program ran 7,650-7,960 samples/s
+    with "switch", 7,140-7,770 with "all", against 8,610-8,860 for one program per loss (3 x 3
+    seeds), which compile 2.5 times longer (`benchmarks/side_by_side.py --updates 100
+    --rounds 3`, 2-core CPU, load about 4).
     """
     if select not in SELECTS:
         raise ValueError(f"select must be one of {SELECTS}; got {select!r}")
@@ -83,7 +84,7 @@ def make_grad(
     loss: str | Sequence[str],
     q_fn: QFn,
     penalty: Callable[[Any], jax.Array] | None = None,
-    select: str = "all",
+    select: str = "switch",
 ) -> GradFn:
     """`grad(params, obs, teacher_q, hyper) -> ((loss, agreement), grads)`.
 
@@ -121,7 +122,7 @@ def make_step(
     q_fn: QFn,
     optimizer: optax.GradientTransformation,
     penalty: Callable[[Any], jax.Array] | None = None,
-    select: str = "all",
+    select: str = "switch",
 ) -> Callable:
     """`step(params, opt_state, obs, teacher_q, hyper) -> (params, opt_state, (loss, agree))`.
 

@@ -188,7 +188,7 @@ def make_distill(
     conv_grad: str = "auto",
     mesh: jax.sharding.Mesh | None = None,
     loss_names: tuple[str, ...] | None = None,
-    select: str = "all",
+    select: str = "switch",
 ) -> Distiller:
     """Pure distillation pieces for a student of `env_id` (evaluated in-graph on gymnax envs).
 
