@@ -5,7 +5,8 @@ Compile time is what jax reports through `jax.monitoring` (tracing, lowering to 
 backend compile, persistent-cache reads included); every other part is the wall time of the
 functions that do it, less the compiles and the other parts that run inside them:
 
-- train: students side by side (`seeds._distil_in_graph_seeds`, `_distil_plateau_seeds`)
+- train: students side by side (`seeds._distil_in_graph_seeds`, `_distil_plateau_seeds`,
+  `_distil_side_by_side`), their in-graph evaluations after each block included
 - evaluate: the paired evaluations of students, teachers and the random policy
 - data: teachers and datasets found, generated or loaded (`common.ensure_teacher`,
   `ensure_dataset`)
@@ -17,6 +18,11 @@ against a dense float32 matmul's FLOP/s measured after the stage.
 
     python benchmarks/overheads.py [--budget quick] [--games Breakout-MinAtar] [--losses kl]
         [--runs DIR]   (a DIR that already holds the datasets leaves their generation out)
+        [--seeds N --updates N --eval-every N --eval-episodes N --dataset-states N
+         --plateau-blocks N]   (the budget's fields, overridden)
+
+The same script measures a package from before students of several losses shared one program
+(`PYTHONPATH=<old checkout>`): it then times the per-loss programs.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Split:
         self.seconds: dict[str, float] = collections.defaultdict(float)
         self.stack: list[str] = []
         self.trained: list[tuple[student.StudentConfig, str, int]] = []  # (config, env, updates)
+        self.programs = 0  # training calls (each one compiled program of students side by side)
 
     def on_event(self, event: str, duration: float, **_) -> None:
         if event in COMPILE_EVENTS:
@@ -80,19 +87,25 @@ class Split:
             with self.part(part):
                 out = fn(*args, **kwargs)
                 if part == "train":  # the students' state may still be in flight
-                    jax.block_until_ready(out[1])
+                    jax.block_until_ready(out)
             if part == "train":
-                config, data = args[0], args[1]
-                updates = int(np.sum(np.asarray(out[1].updates)))
-                self.trained.append((config, data.env_id, updates))
+                # one config (its seeds side by side) or several (losses side by side)
+                configs, results = (args[0], out) if isinstance(out, list) else ([args[0]], [out])
+                for config, (_, state, _) in zip(configs, results, strict=True):
+                    updates = int(np.sum(np.asarray(state.updates)))
+                    self.trained.append((config, args[1].env_id, updates))
+                self.programs += 1
             return out
 
         setattr(module, name, timed)
 
 
 def instrument(split: Split) -> None:
-    for name in ("_distil_in_graph_seeds", "_distil_plateau_seeds"):
-        split.wrap(seeds, name, "train")
+    # `_distil_side_by_side` (losses side by side) is absent from packages before it: the same
+    # script then measures the per-loss programs, for a before/after comparison
+    for name in ("_distil_in_graph_seeds", "_distil_plateau_seeds", "_distil_side_by_side"):
+        if hasattr(seeds, name):
+            split.wrap(seeds, name, "train")
     for name in ("student_scores", "teacher_scores", "random_scores", "teacher_reference"):
         split.wrap(paired, name, "evaluate")
     for name in ("ensure_teacher", "ensure_dataset"):
@@ -127,10 +140,15 @@ def main() -> None:
     p.add_argument("--losses", default="nll,mse,kl", help="comma-separated losses")
     p.add_argument("--seeds", type=int, default=None, help="students per loss (budget's)")
     p.add_argument("--runs", default=None, help="runs folder (default: a fresh temporary one)")
+    for field in ("updates", "eval_every", "eval_episodes", "dataset_states", "plateau_blocks"):
+        p.add_argument(f"--{field.replace('_', '-')}", type=int, default=None, help="budget's")
     args = p.parse_args()
     overrides = {"games": tuple(args.games.split(","))}
-    if args.seeds:
-        overrides["seeds"] = args.seeds
+    for field in ("seeds", "updates", "eval_every", "eval_episodes", "dataset_states"):
+        if getattr(args, field):
+            overrides[field] = getattr(args, field)
+    if args.plateau_blocks is not None:
+        overrides["plateau_blocks"] = args.plateau_blocks
     b = experiments.budget(args.budget, **overrides)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; budget {b.name}: {b.rule}")
     split = Split()
@@ -145,7 +163,10 @@ def main() -> None:
             )
             losses.write_loss_comparison(result, runs / "out")
         wall = time.perf_counter() - t0
-    print(f"\nlosses stage, {len(b.games)} game(s) x {args.losses}: {wall:.1f} s wall")
+    print(
+        f"\nlosses stage, {len(b.games)} game(s) x {args.losses}: {wall:.1f} s wall, "
+        f"{split.programs} training program(s)"
+    )
     for name in PARTS:
         s = split.seconds.get(name, 0.0)
         print(f"  {name:<9} {s:>8.1f} s  {s / wall:>6.1%}")

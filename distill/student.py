@@ -187,6 +187,8 @@ def make_distill(
     stack: int | None = None,
     conv_grad: str = "auto",
     mesh: jax.sharding.Mesh | None = None,
+    loss_names: tuple[str, ...] | None = None,
+    select: str = "switch",
 ) -> Distiller:
     """Pure distillation pieces for a student of `env_id` (evaluated in-graph on gymnax envs).
 
@@ -194,6 +196,10 @@ def make_distill(
     compiled call (with `conv_grad='native'`, the fast form outside loops on CPU). With a `mesh`
     that has a `data` axis, every minibatch is split over it (data-parallel; the caller places
     the state and dataset replicated, see `fit`); without one nothing changes.
+    With `loss_names` the pieces train any of those losses (`config.loss` is ignored): `hyper`
+    then carries the loss's index (`distillation.multi_hyper`), so students of different losses
+    run side by side under `jax.vmap`; `select` is how the loss is picked
+    (`distillation.select_loss`).
     """
     sharding.check_batch(config.batch_size, mesh)
     spec = envs.spec(env_id)
@@ -211,7 +217,13 @@ def make_distill(
         params = networks.init_params(network, k_net, spec.obs_shape, spec.obs_dtype)
         return StudentState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
-    distil_step = distillation.make_step(config.loss, network.apply, optimizer)
+    distil_step = distillation.make_step(
+        config.loss if loss_names is None else tuple(loss_names),
+        network.apply,
+        optimizer,
+        None,
+        select,
+    )
 
     def update(carry, key, data, hyper, first_row):
         params, opt_state = carry

@@ -36,9 +36,13 @@ def loss_comparison(
     for env_id in b.games:
         _, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
-        for loss in losses:
-            config = common.student_config(b, loss=loss, tau=tau, net=common.net_of(b, net))
-            _, state, m = seeds.distil_seeds(config, data, b.seeds, mesh, runs_dir / "students")
+        configs = [
+            common.student_config(b, loss=loss, tau=tau, net=common.net_of(b, net))
+            for loss in losses
+        ]
+        # every loss's seeds in one compiled program (same network: only the loss differs)
+        trained = seeds.distil_losses(configs, data, b.seeds, mesh, runs_dir / "students")
+        for loss, config, (_, state, m) in zip(losses, configs, trained, strict=True):
             # the final score of each student: on the teacher's paired episodes
             final = paired.student_scores(env_id, config.net, state.params, b.eval_episodes)
             for seed in range(b.seeds):

@@ -1,9 +1,10 @@
 """Students of one config trained side by side, one per seed (or per (tau, seed) pair), and the
 on-disk cache that lets a long experiment resume between students.
 
-Seeds run side by side under `jax.vmap`, in one compiled call per (game, loss, network). A device
-mesh (`distill.sharding`) splits the seeds over its `seeds` axis and each student's minibatches
-over its `data` axis.
+Seeds run side by side under `jax.vmap`, in one compiled call per (game, loss, network); with
+`distil_losses`, the seeds of several losses (the loss comparison's NLL, MSE and KL) share one
+call per (game, network). A device mesh (`distill.sharding`) splits the seeds over its `seeds`
+axis and each student's minibatches over its `data` axis.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, dataset, envs, families, plateau, sharding, student
+from distill import checkpoint, dataset, distillation, envs, families, plateau, sharding, student
 from distill.experiments import common
 
 
@@ -44,14 +45,7 @@ def distil_seeds(
     evaluated in the env after every block) in `cache` (or a temporary folder), which also
     resumes a student interrupted half-way.
     """
-    memo_key = (
-        "distil",
-        config,
-        data.path,
-        tuple(sorted(data.manifest["files"].items())),
-        seeds,
-        mesh,
-    )
+    memo_key = _memo_key(config, data, seeds, mesh)
     if memo_key in common._MEMO:
         return common._MEMO[memo_key]
     if not families.of(data.env_id).in_graph:
@@ -70,6 +64,10 @@ def distil_seeds(
                 _write_students(folder, config, data, seeds, result)
     common._MEMO[memo_key] = result
     return result
+
+
+def _memo_key(config, data, seeds, mesh) -> tuple:
+    return ("distil", config, data.path, tuple(sorted(data.manifest["files"].items())), seeds, mesh)
 
 
 def _distil_in_graph_seeds(config, data, seeds, mesh):
@@ -103,16 +101,26 @@ def _distil_plateau_seeds(config, data, seeds, mesh):
 
     start = sharding.map_seeds(lambda key: (distiller.init(key), plateau.start()), mesh)
     run = sharding.map_seeds(one, mesh)
-    carry, parts = start(keys), []
+    carry, metrics = until_plateau(
+        lambda c: run(c, train, held, hyper), start(keys), lambda c: c[1].active, config
+    )
+    return distiller, carry[0], metrics
+
+
+def until_plateau(run, carry, active, config: student.StudentConfig):
+    """`carry, m = run(carry)` (one compiled chunk of `min(plateau_blocks, blocks)` blocks for
+    every student) until no student is `active(carry)` `[n]` or the cap (`config.blocks`) is
+    reached. Returns the last carry and BlockMetrics `[n, blocks run]` (numpy)."""
+    chunk, parts = min(config.plateau_blocks, config.blocks), []
     for _ in range(-(-config.blocks // chunk)):
-        carry, m = run(carry, train, held, hyper)
+        carry, m = run(carry)
         parts.append(sharding.to_host(m))
-        if not np.asarray(sharding.to_host(carry[1].active)).any():
+        if not np.asarray(sharding.to_host(active(carry))).any():
             break
     metrics = jax.tree_util.tree_map(
         lambda *xs: np.concatenate(xs, axis=1)[:, : config.blocks], *parts
     )
-    return distiller, carry[0], student.BlockMetrics(*metrics)
+    return carry, student.BlockMetrics(*metrics)
 
 
 def plateau_columns(config: student.StudentConfig, metrics, seed: int) -> dict:
@@ -277,3 +285,99 @@ def distil_tau_sweep(
     state, metrics = sharding.map_seeds(one, mesh)(pairs, data.arrays())
     unflatten = lambda x: x.reshape(len(taus), seeds, *x.shape[1:])  # noqa: E731
     return state, jax.tree_util.tree_map(unflatten, sharding.to_host(metrics))
+
+
+def distil_losses(
+    configs: list[student.StudentConfig],
+    data: dataset.Dataset,
+    seeds: int,
+    mesh: jax.sharding.Mesh | None = None,
+    cache: str | Path | None = None,
+) -> list[tuple]:
+    """Students of several losses, `seeds` each, side by side in ONE compiled program.
+
+    `configs` differ only in `loss` and `tau` (the same network, optimiser, budget and seed):
+    their students share the program's shapes, so seeds and losses are vmapped together
+    (`distillation.select_loss`: the network runs once per minibatch, the loss is picked by its
+    index). Returns, per config, what `distil_seeds(config, data, seeds, mesh, cache)` returns,
+    to float rounding (seed s starts from the same key; the loss's hyperparameters are vmapped
+    values there, a shared scalar here); each is memoised and cached under the same name, so a
+    later `distil_seeds` of one of the configs reads it back. Under the plateau rule every
+    student stops at its own plateau (`student.make_distill`'s `run_plateau`: a stopped student
+    is frozen, its updates masked out by a select, while the others train on), and each config's
+    metrics keep the blocks its own run would have had. Configs already trained (memo or cache)
+    are not trained again; Atari (host envs) and a single config go through `distil_seeds`.
+    """
+    base = configs[0]
+    for c in configs:
+        if dataclasses.replace(c, loss=base.loss, tau=base.tau) != base:
+            raise ValueError(f"configs must differ only in loss and tau; got {c} and {base}")
+    if not families.of(data.env_id).in_graph or len(configs) == 1:
+        return [distil_seeds(c, data, seeds, mesh, cache) for c in configs]
+    folders = [
+        Path(cache) / student_folder_name(c, data, seeds) if cache else None for c in configs
+    ]
+    todo = [
+        i
+        for i, (c, f) in enumerate(zip(configs, folders, strict=True))
+        if _memo_key(c, data, seeds, mesh) not in common._MEMO
+        and not (f is not None and (f / checkpoint.MANIFEST).exists())
+    ]
+    if len(todo) > 1:
+        trained = _distil_side_by_side([configs[i] for i in todo], data, seeds, mesh)
+        for i, result in zip(todo, trained, strict=True):
+            if folders[i] is not None and not configs[i].plateau_blocks:
+                _write_students(folders[i], configs[i], data, seeds, result)
+            common._MEMO[_memo_key(configs[i], data, seeds, mesh)] = result
+    return [distil_seeds(c, data, seeds, mesh, cache) for c in configs]
+
+
+def _distil_side_by_side(configs, data, seeds, mesh) -> list[tuple]:
+    """`distil_losses`' training: `[len(configs) * seeds]` students (config-major) in one
+    program; returns one (distiller, state, metrics) per config."""
+    base = configs[0]
+    names = tuple(dict.fromkeys(c.loss for c in configs))
+    distiller = student.make_distill(base, data.env_id, data.stack, mesh=mesh, loss_names=names)
+    keys = jax.random.split(jax.random.PRNGKey(base.seed), seeds)
+    hypers = [distillation.multi_hyper(names, c.loss, {"tau": c.tau}) for c in configs]
+    hyper = jax.tree_util.tree_map(lambda *x: jnp.repeat(jnp.stack(x), seeds), *hypers)
+    keys = jnp.tile(keys, (len(configs), 1))
+    if base.plateau_blocks:
+        train, held = student.held_out_split(base, data)
+        chunk = min(base.plateau_blocks, base.blocks)
+
+        def one(carry, train, held):
+            (state, rule), hyper = carry
+            out = distiller.run_plateau(state, rule, train, held, hyper, chunk, data.first_row)
+            return (out[0], hyper), out[1]
+
+        start = sharding.map_seeds(
+            lambda kh: ((distiller.init(kh[0]), plateau.start()), kh[1]), mesh
+        )
+        run = sharding.map_seeds(one, mesh)
+        carry, metrics = until_plateau(
+            lambda c: run(c, train, held), start((keys, hyper)), lambda c: c[0][1].active, base
+        )
+        state = carry[0][0]
+    else:
+
+        def one(pair, arrays):
+            key, hyper = pair
+            return distiller.run(
+                distiller.init(key), arrays, hyper, base.blocks, data.first_row, True
+            )
+
+        state, metrics = sharding.map_seeds(one, mesh)((keys, hyper), data.arrays())
+        metrics = sharding.to_host(metrics)
+    out = []
+    for i, c in enumerate(configs):
+        part = lambda x, i=i: x[i * seeds : (i + 1) * seeds]  # noqa: E731
+        m = student.BlockMetrics(*jax.tree_util.tree_map(part, tuple(metrics)))
+        if c.plateau_blocks:  # the blocks this config's own run would have had
+            chunk = min(c.plateau_blocks, c.blocks)
+            last = max(plateau.trained_blocks(h) for h in np.asarray(m.held_out))
+            cols = min(-(-last // chunk) * chunk, c.blocks)
+            m = student.BlockMetrics(*(x[:, :cols] for x in m))
+        distil = student.make_distill(c, data.env_id, data.stack, mesh=mesh)
+        out.append((distil, jax.tree_util.tree_map(part, state), m))
+    return out
