@@ -191,6 +191,26 @@ def check_student_batch(config: Any, dataset_path: str) -> None:
         )
 
 
+# what a `distill reproduce` folder holds besides its stages' folders (OUT/<stage>/stage.json)
+REPRODUCE_NAMES = ("report.md", "results.json", "stats", "students", "datasets", "tb")
+
+
+def check_reproduce_folder(out: str) -> None:
+    """`distill reproduce --out` resumes into an earlier run's folder, but a folder of other
+    files (a home, a source tree, /) is the user's: its stages would write among them."""
+    path = Path(out)
+    if not path.is_dir():
+        return
+    names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    ours = names & set(REPRODUCE_NAMES) or {n for n in names if (path / n / "stage.json").exists()}
+    if names and not ours:
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise ConfigError(
+            f"--out {out}: holds other files ({shown}) and no earlier `distill reproduce` run "
+            "(report.md, results.json or a stage's stage.json); choose an empty or new folder"
+        )
+
+
 def check(args: Any, config: Any = None) -> None:
     """Every check before work, for the sub-command in `args` (its config already built)."""
     check_finite(args)
@@ -203,6 +223,8 @@ def check(args: Any, config: Any = None) -> None:
         check_out(out, is_file=args.command in FILE_OUT, command=args.command)
     if out and args.command in JOBS and not getattr(args, "resume", False):
         check_ours(out)  # with --resume, a folder without a manifest is refused by the job
+    if out and args.command == "reproduce":
+        check_reproduce_folder(out)
     if out and args.command in JOBS:
         from distill import runs
 

@@ -269,3 +269,25 @@ def test_a_library_user_keeps_its_own_sigterm_handler():
     import distill
 
     assert signal.getsignal(signal.SIGTERM) is not distill._early_interrupt
+
+
+# ------------------------------------------------- reproduce into a folder not its own
+
+
+def test_reproduce_into_a_folder_of_other_files_is_refused(capsys, tmp_path):
+    """`--out /` once started a reproduction among the system's folders; an earlier run's
+    folder is still resumed into."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "notes.txt").write_text("mine\n")
+    argv = ["reproduce", "--suite", "minatar", "--budget", "smoke", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    assert "holds other files (home, notes.txt) and no earlier `distill reproduce` run" in (
+        one_line(capsys)
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "notes.txt"]
+    earlier = tmp_path / "earlier"
+    (earlier / "losses").mkdir(parents=True)
+    (earlier / "losses" / "stage.json").write_text("{}")
+    preflight.check_reproduce_folder(str(earlier))  # an earlier run: no refusal
+    (earlier / "results.json").write_text("{}")
+    preflight.check_reproduce_folder(str(earlier))
