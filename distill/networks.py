@@ -165,29 +165,55 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     )
 
 
+def _patches(x: jax.Array, k: int, stride: int) -> jax.Array:
+    """im2col by strided slices: `[batch, h, w, c]` -> `[batch, oh, ow, k*k*c]`, (kh, kw, c)
+    order, the order of an HWIO kernel reshaped to `[k*k*c, features]`.
+
+    Slices only move data; `conv_general_dilated_patches` is itself a convolution (with a
+    one-hot kernel), several times slower on XLA CPU, most of all under `jax.vmap`.
+    """
+    oh = (x.shape[1] - k) // stride + 1
+    ow = (x.shape[2] - k) // stride + 1
+    cols = [
+        x[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
+        for i in range(k)
+        for j in range(k)
+    ]
+    return jnp.concatenate(cols, axis=-1)
+
+
 def _patch_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """The same convolution as im2col: patches `[batch, h, w, c*k*k]` @ kernel."""
+    """The same convolution as im2col: patches `[batch, oh, ow, k*k*c]` @ kernel `[k*k*c, f]`."""
     k, c, f = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-    patches = jax.lax.conv_general_dilated_patches(
-        x, (k, k), (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )  # channel-major features
-    return patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c * k * k, f)
+    return _patches(x, k, stride) @ kernel.reshape(k * k * c, f)
 
 
-# How `conv_valid` differentiates. XLA's CPU backend runs native convolution gradients fast at
-# the top level of a program but several times slower inside loop bodies (`lax.scan`), where the
-# gradients of the equivalent im2col product (patches @ kernel) win; measured in
-# benchmarks/conv_gradients.py. "auto" picks "native" off the CPU, where no such gap exists.
-CONV_GRADS = ("auto", "native", "im2col")
+# How `conv_valid` computes a convolution and its gradients. XLA's CPU backend runs native
+# convolution gradients fast at the top level of a program but several times slower inside loop
+# bodies (`lax.scan`), where the gradients of the equivalent im2col product (patches @ kernel)
+# win ("im2col": native forward, im2col gradients). Under `jax.vmap` over students (per-student
+# kernels) the native forward becomes a grouped convolution, slow on XLA CPU too, while the
+# im2col product becomes one batched matmul: "matmul" computes forward and gradients as im2col
+# products. Measured in benchmarks/conv_gradients.py. "auto" picks "matmul" on the CPU and
+# "native" off it, where no such gap exists.
+CONV_GRADS = ("auto", "native", "im2col", "matmul")
 
 
 def resolve_conv_grad(grad: str) -> str:
-    """'auto' -> 'im2col' on CPU, 'native' on accelerators; other values pass through."""
+    """'auto' -> 'matmul' on CPU, 'native' on accelerators; other values pass through."""
     if grad not in CONV_GRADS:
         raise ValueError(f"conv_grad must be one of {CONV_GRADS}; got {grad!r}")
     if grad == "auto":
-        return "im2col" if jax.default_backend() == "cpu" else "native"
+        return "matmul" if jax.default_backend() == "cpu" else "native"
     return grad
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int, grad: str = "im2col") -> jax.Array:
+    """A VALID NHWC convolution `[batch, h, w, c]` -> `[batch, oh, ow, f]` in form `grad`
+    (CONV_GRADS, resolved): the same function and gradients up to rounding in every form."""
+    if grad == "matmul":
+        return _patch_conv(x, kernel, stride)
+    return conv_valid(x, kernel, stride, grad)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -195,7 +221,8 @@ def conv_valid(x: jax.Array, kernel: jax.Array, stride: int, grad: str = "im2col
     """A VALID NHWC convolution: native forward; gradients `grad` = 'native' or 'im2col'.
 
     Both give the same function and the same gradients up to rounding; they differ only in
-    speed (see CONV_GRADS). The forward pass is always the native convolution.
+    speed (see CONV_GRADS). The forward pass is always the native convolution; `conv` also
+    takes 'matmul' (im2col forward too).
     """
     return _lax_conv(x, kernel, stride)
 
@@ -215,7 +242,7 @@ conv_valid.defvjp(_conv_fwd, _conv_bwd)
 
 
 class Conv(nn.Module):
-    """`nn.Conv` (VALID padding) with the same parameters, computed by `conv_valid`."""
+    """`nn.Conv` (VALID padding) with the same parameters, computed by `conv`."""
 
     features: int
     kernel_size: int
@@ -229,7 +256,7 @@ class Conv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, c, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return conv_valid(x, kernel, self.stride, resolve_conv_grad(self.grad)) + bias
+        return conv(x, kernel, self.stride, resolve_conv_grad(self.grad)) + bias
 
 
 class Torso(nn.Module):
