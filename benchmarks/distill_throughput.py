@@ -8,8 +8,9 @@
      of 3 rounds (1 with --quick); the median ratio is printed beside each round's.
 2. Student training, run as `student.fit` runs it (a scan of updates on MinAtar, one update per
    call with native convolution gradients on Atari): samples/s and achieved FLOP/s (XLA's own
-   count of one compiled update with native convolutions) against a dense float32 matmul's FLOP/s, measured just before
-   and just after each case (this CPU's matmul rate drifts by 20 % within minutes).
+   count of one compiled update with native convolutions) against a dense float32 matmul's
+   FLOP/s, measured just before and just after each case (this CPU's matmul rate drifts by 20 %
+   within minutes).
 
     python benchmarks/distill_throughput.py [--quick] [--only generation|students]
 """
