@@ -193,17 +193,22 @@ def _patch_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
 # win ("im2col": native forward, im2col gradients). Under `jax.vmap` over students (per-student
 # kernels) the native forward becomes a grouped convolution, slow on XLA CPU too, while the
 # im2col product becomes one batched matmul: "matmul" computes forward and gradients as im2col
-# products. Measured in benchmarks/conv_gradients.py. "auto" picks "matmul" on the CPU and
-# "native" off it, where no such gap exists.
+# products. Measured in benchmarks/conv_gradients.py. "auto" picks "native" off the CPU, where
+# no such gap exists; on the CPU "matmul" for MinAtar-size inputs (students vmapped in scans)
+# and "im2col" for Atari-size ones (acting one batch at a time, where the native forward wins).
 CONV_GRADS = ("auto", "native", "im2col", "matmul")
+MATMUL_MAX_SIDE = 16  # "auto" on CPU: "matmul" for inputs up to this many pixels a side
 
 
-def resolve_conv_grad(grad: str) -> str:
-    """'auto' -> 'matmul' on CPU, 'native' on accelerators; other values pass through."""
+def resolve_conv_grad(grad: str, side: int | None = None) -> str:
+    """'auto' -> on CPU 'matmul' (inputs of at most MATMUL_MAX_SIDE pixels a side, or `side`
+    None) or 'im2col' (larger); 'native' on accelerators. Other values pass through."""
     if grad not in CONV_GRADS:
         raise ValueError(f"conv_grad must be one of {CONV_GRADS}; got {grad!r}")
     if grad == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "native"
+        if jax.default_backend() != "cpu":
+            return "native"
+        return "matmul" if side is None or side <= MATMUL_MAX_SIDE else "im2col"
     return grad
 
 
@@ -255,7 +260,7 @@ class Conv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, c, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return conv(x, kernel, self.stride, resolve_conv_grad(self.grad)) + bias
+        return conv(x, kernel, self.stride, resolve_conv_grad(self.grad, x.shape[1])) + bias
 
 
 class Torso(nn.Module):
@@ -267,8 +272,10 @@ class Torso(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = preprocess(self.spec, obs)
+        # one form for every layer, by the network's input size (see CONV_GRADS)
+        form = resolve_conv_grad(self.conv_grad, x.shape[1] if x.ndim == 4 else None)
         for i, (features, kernel, stride) in enumerate(self.spec.convs):
-            x = Conv(features, kernel, stride, self.conv_grad, name=f"Conv_{i}")(x)
+            x = Conv(features, kernel, stride, form, name=f"Conv_{i}")(x)
             x = nn.relu(nn.LayerNorm()(x) if self.spec.layer_norm else x)
         x = x.reshape((x.shape[0], -1))
         for units in self.spec.hidden:

@@ -308,6 +308,20 @@ def test_matmul_conv_equals_native(shape, kernel, stride):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
+def test_auto_conv_form_by_input_size():
+    """On CPU, 'auto' is 'matmul' for MinAtar-size inputs and 'im2col' for Atari-size ones
+    (every layer of a network in its input's form); 'native' on accelerators."""
+    cpu = jax.default_backend() == "cpu"
+    assert networks.resolve_conv_grad("auto", 10) == ("matmul" if cpu else "native")
+    assert networks.resolve_conv_grad("auto", 84) == ("im2col" if cpu else "native")
+    assert networks.resolve_conv_grad("im2col", 10) == "im2col"
+    net = networks.build("teacher", (4, 84, 84), 6)
+    obs = jax.random.randint(jax.random.PRNGKey(0), (2, 4, 84, 84), 0, 255).astype(jnp.uint8)
+    params = networks.init_params(net, jax.random.PRNGKey(1), (4, 84, 84), jnp.uint8)
+    im2col = networks.build("teacher", (4, 84, 84), 6, conv_grad="im2col")
+    np.testing.assert_array_equal(net.apply(params, obs), im2col.apply(params, obs))
+
+
 def test_build_conv_grad_choices():
     net = networks.build("net3", (10, 10, 4), 3, conv_grad="native")
     assert net.conv_grad == "native"
