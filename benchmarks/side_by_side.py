@@ -12,7 +12,9 @@ form that computes them).
 per-loss: 3 programs of `seeds` students; switch: one program, the loss picked by
 `jax.lax.switch` on its index; all: one program, every loss computed and the index picking one
 (`distill.distillation.select_loss`). A case may name its convolution form after a colon
-(`all:im2col,all:matmul`, `distill.networks.CONV_GRADS`); else `--conv-grad`.
+(`all:im2col,all:matmul`, `distill.networks.CONV_GRADS`; else `--conv-grad`) and, after a
+second, how many students one vmap takes (`all:auto:9`; else `distill.student.map_students`,
+as the experiments run them: groups of `student.GROUP` on a CPU).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from common import matmul_flops
 from distill_throughput import fake_data
 
-from distill import distillation, envs, sharding, student, xla
+from distill import distillation, envs, student, xla
 
 NAMES = ("nll", "mse", "kl")
 
@@ -43,9 +45,14 @@ def update_flops(env_id: str, net: str, batch: int) -> float:
 
 def programs(case: str, env_id: str, net: str, seeds: int, updates: int, batch: int = 64):
     """`go()`: train `len(NAMES) * seeds` students `updates` updates each, the `case`'s way
-    (`per-loss`, `switch` or `all`, then optionally `:conv_grad`)."""
+    (`per-loss`, `switch` or `all`, then optionally `:conv_grad` and `:students per vmap`)."""
     case, _, form = case.partition(":")
+    form, _, group = form.partition(":")
     form = form or "auto"
+
+    def map_students(fn):
+        return xla.jit(student.in_groups(fn, int(group))) if group else student.map_students(fn)
+
     spec = envs.spec(env_id)
     data = fake_data(spec.obs_shape, spec.num_actions)
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
@@ -65,14 +72,14 @@ def programs(case: str, env_id: str, net: str, seeds: int, updates: int, batch: 
         for loss in NAMES:
             d = student.make_distill(config(loss), env_id, conv_grad=form)
             hyper = jax.tree_util.tree_map(jnp.float32, config(loss).hyper)
-            f = sharding.map_seeds(lambda k, a, h, d=d: d.run(d.init(k), a, h, 1, 0, False)[0])
+            f = map_students(lambda k, a, h, d=d: d.run(d.init(k), a, h, 1, 0, False)[0])
             runs.append((f, hyper))
         return lambda: [jax.block_until_ready(f(keys, data, h).params) for f, h in runs]
     d = student.make_distill(config("kl"), env_id, conv_grad=form, loss_names=NAMES, select=case)
     hypers = [distillation.multi_hyper(NAMES, n, {"tau": 0.01}) for n in NAMES]
     hyper = jax.tree_util.tree_map(lambda *x: jnp.repeat(jnp.stack(x), seeds), *hypers)
     pairs = (jnp.tile(keys, (len(NAMES), 1)), hyper)
-    f = sharding.map_seeds(lambda p, a: d.run(d.init(p[0]), a, p[1], 1, 0, False)[0])
+    f = map_students(lambda p, a: d.run(d.init(p[0]), a, p[1], 1, 0, False)[0])
     return lambda: jax.block_until_ready(f(pairs, data).params)
 
 
