@@ -294,8 +294,8 @@ def make_distill(
 # Students side by side on a CPU: `jax.vmap` over all of them makes every activation and
 # optimiser array `students` times larger, and past a few MinAtar students they no longer fit
 # the caches; a loop over groups of GROUP vmapped students (`in_groups`, still one program) ran
-# 9 teacher-size students about 2-3x faster per sample than one vmap of 9 (2-core CPU under
-# load, benchmarks/side_by_side.py). Off the CPU every student goes in one vmap.
+# 9 teacher-size students 1.4-3.7x faster per sample than one vmap of 9 (medians of three runs,
+# 2-core CPU under load, benchmarks/side_by_side.py). Off the CPU every student goes in one vmap.
 GROUP = 3
 
 
