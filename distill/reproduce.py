@@ -78,6 +78,21 @@ def _run_stage(
     return result
 
 
+def _same_key(done: dict | None, key: dict) -> bool:
+    """A finished stage's key against this run's: the same suite and budget, where a budget
+    field the finished stage's version did not have yet counts at its default (fields added
+    later, such as `regime` or `teachers`, leave an older run's finished stages valid)."""
+    if not isinstance(done, dict) or not isinstance(done.get("budget"), dict):
+        return False
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(experiments.Budget)
+        if f.default is not dataclasses.MISSING
+    }
+    filled = json.loads(json.dumps({**defaults, **done["budget"]}))
+    return done.get("suite") == key["suite"] and filled == key["budget"]
+
+
 def reproduce(
     suite: str,
     budget_name: str,
@@ -125,7 +140,7 @@ def reproduce(
         marker = out / stage / "stage.json"
         if marker.exists():
             done = json.loads(marker.read_text())
-            if done.get("key") == key and done.get("status") == "complete":
+            if _same_key(done.get("key"), key) and done.get("status") == "complete":
                 print(f"[{i}/{len(stages)}] {stage}: finished before, skipped", flush=True)
                 results[stage], timings[stage] = done["result"], done["wall_s"]
                 write_outputs(out, meta, results)

@@ -56,6 +56,26 @@ def test_rerun_skips_finished_stages(minatar_smoke, capsys):
     assert out.count("finished before, skipped") == 5
 
 
+def test_a_stage_finished_before_a_budget_field_existed_still_counts(minatar_smoke, capsys):
+    """A stage written by a version whose Budget lacked later fields (at their defaults now) is
+    recognised; one whose budget differs in a field it had is not."""
+    marker = minatar_smoke / "teachers" / "stage.json"
+    saved = marker.read_text()
+    done = json.loads(saved)
+    try:
+        for field in ("regime", "teachers", "multitask_net"):
+            del done["key"]["budget"][field]
+        marker.write_text(json.dumps(done))
+        reproduce.reproduce("minatar", "smoke", minatar_smoke, progress=False, only=())
+        assert "[1/5] teachers: finished before, skipped" in capsys.readouterr().out
+        done["key"]["budget"]["seeds"] += 1
+        marker.write_text(json.dumps(done))
+        reproduce.reproduce("minatar", "smoke", minatar_smoke, progress=False, only=())
+        assert "[1/5] teachers: not asked for, left" in capsys.readouterr().out
+    finally:
+        marker.write_text(saved)
+
+
 def test_interrupted_run_keeps_its_students_and_a_partial_report(
     minatar_smoke, tmp_path, monkeypatch
 ):
