@@ -8,10 +8,11 @@
      of 3 rounds (1 with --quick); the median ratio is printed beside each round's.
 2. Student training, run as `student.fit` runs it (a scan of updates on MinAtar, one update per
    call with native convolution gradients on Atari): samples/s and achieved FLOP/s (XLA's own
-   count of one compiled update) against a dense float32 matmul's FLOP/s, measured just before
-   and just after each case (this CPU's matmul rate drifts by 20 % within minutes).
+   count of one compiled update with native convolutions) against a dense float32 matmul's
+   FLOP/s, measured just before and just after each case (this CPU's matmul rate drifts by 20 %
+   within minutes).
 
-    python benchmarks/distill_throughput.py [--quick]
+    python benchmarks/distill_throughput.py [--quick] [--only generation|students]
 """
 
 from __future__ import annotations
@@ -139,7 +140,10 @@ def student_training(net: str, env_id: str, batch: int, updates: int) -> dict:
     state = distiller.init(jax.random.PRNGKey(0))
     tau = jnp.float32(config.tau)
     step = xla.jit(lambda s, d: distiller.step(s, d, tau, stack - 1), donate_argnums=0)
-    flops = step.lower(state, data).compile().cost_analysis()
+    # counted with native convolutions: the same count whatever form computes them
+    native = student.make_distill(config, env_id, conv_grad="native")
+    count = xla.jit(lambda s, d: native.step(s, d, tau, stack - 1))
+    flops = count.lower(state, data).compile().cost_analysis()
     flops = float((flops[0] if isinstance(flops, list) else flops).get("flops", float("nan")))
     if atari:
 
@@ -159,12 +163,20 @@ def student_training(net: str, env_id: str, batch: int, updates: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer steps (noisier)")
+    p.add_argument("--only", choices=("generation", "students"), help="one part only")
     args = p.parse_args()
     scale = 1 if args.quick else 4
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
     print(f"compiler options (distill.xla): {xla.compiler_options() or 'none'}")
     ref = matmul_flops()
     print(f"reference: float32 2048x2048 matmul {ref / 1e9:,.1f} GFLOP/s")
+    if args.only != "students":
+        generation(scale, args.quick)
+    if args.only != "generation":
+        students(scale)
+
+
+def generation(scale: int, quick: bool) -> None:
     print("\n1. dataset generation")
     for env_id in ("Breakout-MinAtar", "SpaceInvaders-MinAtar"):
         gen, raw = minatar_generation(env_id, 50 * scale, 3)
@@ -172,13 +184,16 @@ def main() -> None:
             f"{env_id:<24} generate {gen:>11,.0f} states/s  raw env {raw:>11,.0f} steps/s  "
             f"ratio {gen / raw:.3f}"
         )
-    a = atari_generation("ALE/Pong-v5", 1024 * scale, rounds=1 if args.quick else 3)
+    a = atari_generation("ALE/Pong-v5", 1024 * scale, rounds=1 if quick else 3)
     print(
         f"{'ALE/Pong-v5':<24} generate {a['generate']:>11,.0f} states/s  env {a['env']:,.0f}, "
         f"inference {a['inference']:,.0f}, bound {a['bound']:,.0f}  ratio to bound "
         f"{a['ratio']:.3f}  (median of rounds {', '.join(f'{r:.3f}' for r in a['ratios'])}; "
         f"steady rate; {a['setup_s']:.1f} s to start the emulators, once per run)"
     )
+
+
+def students(scale: int) -> None:
     print("\n2. student training (KL, RMSProp)")
     cases = [
         ("teacher", "ALE/Pong-v5", 32),

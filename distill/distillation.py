@@ -43,11 +43,8 @@ def select_loss(names: Sequence[str], select: str = "switch") -> LossFn:
     and only the `[batch, actions]` loss differs. `select="switch"` uses `jax.lax.switch` (one
     branch runs for an unbatched index; under `jax.vmap` every branch runs and a select picks);
     `"all"` computes every loss and indexes the `[len(names)]` stack. Both give the same values
-    and gradients (the losses not picked get a zero cotangent) at about the same speed: 9
-    MinAtar teacher-size students (3 losses x 3 seeds) in one program ran 7,650-7,960 samples/s
-    with "switch", 7,140-7,770 with "all", against 8,610-8,860 for one program per loss (3 x 3
-    seeds), which compile 2.5 times longer (`benchmarks/side_by_side.py --updates 100
-    --rounds 3`, 2-core CPU, load about 4).
+    and gradients (the losses not picked get a zero cotangent) at about the same speed
+    (`benchmarks/side_by_side.py`; README, "Benchmarks").
     """
     if select not in SELECTS:
         raise ValueError(f"select must be one of {SELECTS}; got {select!r}")

@@ -165,29 +165,59 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     )
 
 
+def _patches(x: jax.Array, k: int, stride: int) -> jax.Array:
+    """im2col by strided slices: `[batch, h, w, c]` -> `[batch, oh, ow, k*k*c]`, (kh, kw, c)
+    order, the order of an HWIO kernel reshaped to `[k*k*c, features]`.
+
+    Slices only move data; `conv_general_dilated_patches` is itself a convolution (with a
+    one-hot kernel), several times slower on XLA CPU, most of all under `jax.vmap`. Columns
+    first (`[batch, h, ow, k*c]`), then rows: two concatenations of k pieces copy faster than
+    one of k*k pieces of c values each.
+    """
+    oh = (x.shape[1] - k) // stride + 1
+    ow = (x.shape[2] - k) // stride + 1
+    span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
+    cols = jnp.concatenate([x[:, :, j : j + span_w : stride, :] for j in range(k)], axis=-1)
+    return jnp.concatenate([cols[:, i : i + span_h : stride] for i in range(k)], axis=-1)
+
+
 def _patch_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """The same convolution as im2col: patches `[batch, h, w, c*k*k]` @ kernel."""
+    """The same convolution as im2col: patches `[batch, oh, ow, k*k*c]` @ kernel `[k*k*c, f]`."""
     k, c, f = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-    patches = jax.lax.conv_general_dilated_patches(
-        x, (k, k), (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )  # channel-major features
-    return patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c * k * k, f)
+    return _patches(x, k, stride) @ kernel.reshape(k * k * c, f)
 
 
-# How `conv_valid` differentiates. XLA's CPU backend runs native convolution gradients fast at
-# the top level of a program but several times slower inside loop bodies (`lax.scan`), where the
-# gradients of the equivalent im2col product (patches @ kernel) win; measured in
-# benchmarks/conv_gradients.py. "auto" picks "native" off the CPU, where no such gap exists.
-CONV_GRADS = ("auto", "native", "im2col")
+# How `conv_valid` computes a convolution and its gradients. XLA's CPU backend runs native
+# convolution gradients fast at the top level of a program but several times slower inside loop
+# bodies (`lax.scan`), where the gradients of the equivalent im2col product (patches @ kernel)
+# win ("im2col": native forward, im2col gradients). Under `jax.vmap` over students (per-student
+# kernels) the native forward becomes a grouped convolution, slow on XLA CPU too, while the
+# im2col product becomes one batched matmul: "matmul" computes forward and gradients as im2col
+# products. Measured in benchmarks/conv_gradients.py. "auto" picks "native" off the CPU, where
+# no such gap exists; on the CPU "matmul" for MinAtar-size inputs (students vmapped in scans)
+# and "im2col" for Atari-size ones (acting one batch at a time, where the native forward wins).
+CONV_GRADS = ("auto", "native", "im2col", "matmul")
+MATMUL_MAX_SIDE = 16  # "auto" on CPU: "matmul" for inputs up to this many pixels a side
 
 
-def resolve_conv_grad(grad: str) -> str:
-    """'auto' -> 'im2col' on CPU, 'native' on accelerators; other values pass through."""
+def resolve_conv_grad(grad: str, side: int | None = None) -> str:
+    """'auto' -> on CPU 'matmul' (inputs of at most MATMUL_MAX_SIDE pixels a side, or `side`
+    None) or 'im2col' (larger); 'native' on accelerators. Other values pass through."""
     if grad not in CONV_GRADS:
         raise ValueError(f"conv_grad must be one of {CONV_GRADS}; got {grad!r}")
     if grad == "auto":
-        return "im2col" if jax.default_backend() == "cpu" else "native"
+        if jax.default_backend() != "cpu":
+            return "native"
+        return "matmul" if side is None or side <= MATMUL_MAX_SIDE else "im2col"
     return grad
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int, grad: str = "im2col") -> jax.Array:
+    """A VALID NHWC convolution `[batch, h, w, c]` -> `[batch, oh, ow, f]` in form `grad`
+    (CONV_GRADS, resolved): the same function and gradients up to rounding in every form."""
+    if grad == "matmul":
+        return _patch_conv(x, kernel, stride)
+    return conv_valid(x, kernel, stride, grad)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -195,7 +225,8 @@ def conv_valid(x: jax.Array, kernel: jax.Array, stride: int, grad: str = "im2col
     """A VALID NHWC convolution: native forward; gradients `grad` = 'native' or 'im2col'.
 
     Both give the same function and the same gradients up to rounding; they differ only in
-    speed (see CONV_GRADS). The forward pass is always the native convolution.
+    speed (see CONV_GRADS). The forward pass is always the native convolution; `conv` also
+    takes 'matmul' (im2col forward too).
     """
     return _lax_conv(x, kernel, stride)
 
@@ -215,7 +246,7 @@ conv_valid.defvjp(_conv_fwd, _conv_bwd)
 
 
 class Conv(nn.Module):
-    """`nn.Conv` (VALID padding) with the same parameters, computed by `conv_valid`."""
+    """`nn.Conv` (VALID padding) with the same parameters, computed by `conv`."""
 
     features: int
     kernel_size: int
@@ -229,7 +260,7 @@ class Conv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, c, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return conv_valid(x, kernel, self.stride, resolve_conv_grad(self.grad)) + bias
+        return conv(x, kernel, self.stride, resolve_conv_grad(self.grad, x.shape[1])) + bias
 
 
 class Torso(nn.Module):
@@ -241,8 +272,10 @@ class Torso(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = preprocess(self.spec, obs)
+        # one form for every layer, by the network's input size (see CONV_GRADS)
+        form = resolve_conv_grad(self.conv_grad, x.shape[1] if x.ndim == 4 else None)
         for i, (features, kernel, stride) in enumerate(self.spec.convs):
-            x = Conv(features, kernel, stride, self.conv_grad, name=f"Conv_{i}")(x)
+            x = Conv(features, kernel, stride, form, name=f"Conv_{i}")(x)
             x = nn.relu(nn.LayerNorm()(x) if self.spec.layer_norm else x)
         x = x.reshape((x.shape[0], -1))
         for units in self.spec.hidden:

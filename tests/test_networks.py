@@ -1,5 +1,7 @@
 """Tests for distill.networks: the paper's parameter counts, forward passes, multi-task heads."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -280,9 +282,51 @@ def test_conv_gradient_forms_agree(shape, kernel, stride):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "shape, kernel, stride",
+    [
+        ((2, 10, 10, 6), 3, 1),  # MinAtar
+        ((2, 84, 84, 4), 8, 4),  # Atari, the paper's first two layers
+        ((2, 20, 20, 32), 4, 2),
+        ((2, 11, 11, 3), 3, 2),  # a stride that leaves a row over
+    ],
+)
+def test_matmul_conv_equals_native(shape, kernel, stride):
+    """'matmul' (im2col forward and gradients) is the native convolution: same values, same
+    gradients, to float rounding, alone and under `jax.vmap` over per-student kernels."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, *shape))
+    fan_in = kernel * kernel * shape[-1]  # outputs of order 1: sin keeps its precision
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, kernel, kernel, shape[-1], 5)) / fan_in**0.5
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(form):
+        f = lambda x, w: jnp.sum(jnp.sin(networks.conv(x, w, stride, form)))  # noqa: E731
+        value = networks.conv(x[0], w[0], stride, form)
+        return value, jax.grad(f, argnums=(0, 1))(x[0], w[0]), jax.vmap(jax.grad(f, (0, 1)))(x, w)
+
+    native, matmul = run("native"), run("matmul")
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(matmul), leaves(native), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_auto_conv_form_by_input_size():
+    """On CPU, 'auto' is 'matmul' for MinAtar-size inputs and 'im2col' for Atari-size ones
+    (every layer of a network in its input's form); 'native' on accelerators."""
+    cpu = jax.default_backend() == "cpu"
+    assert networks.resolve_conv_grad("auto", 10) == ("matmul" if cpu else "native")
+    assert networks.resolve_conv_grad("auto", 84) == ("im2col" if cpu else "native")
+    assert networks.resolve_conv_grad("im2col", 10) == "im2col"
+    net = networks.build("teacher", (4, 84, 84), 6)
+    obs = jax.random.randint(jax.random.PRNGKey(0), (2, 4, 84, 84), 0, 255).astype(jnp.uint8)
+    params = networks.init_params(net, jax.random.PRNGKey(1), (4, 84, 84), jnp.uint8)
+    im2col = networks.build("teacher", (4, 84, 84), 6, conv_grad="im2col")
+    np.testing.assert_array_equal(net.apply(params, obs), im2col.apply(params, obs))
+
+
 def test_build_conv_grad_choices():
     net = networks.build("net3", (10, 10, 4), 3, conv_grad="native")
     assert net.conv_grad == "native"
-    assert networks.resolve_conv_grad("auto") in ("native", "im2col")
+    assert networks.resolve_conv_grad("auto") in ("native", "matmul")
     with pytest.raises(ValueError, match="conv_grad must be one of"):
         networks.build("net3", (10, 10, 4), 3, conv_grad="fast")

@@ -351,3 +351,15 @@ def test_cli_student_for_another_env_is_one_line(capsys, tmp_path, cartpole_data
     assert lines[0].startswith("distill student: error:")
     assert "Breakout-MinAtar" in lines[0] and "CartPole-v1" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_in_groups_is_vmap(n):
+    """Students in groups (a loop over vmapped groups, the last padded) are the vmapped ones."""
+    fn = lambda b, w: (b["x"] @ w + b["k"][0], jnp.sum(b["x"]))  # noqa: E731
+    batched = {"x": jnp.arange(n * 6.0).reshape(n, 2, 3), "k": jnp.arange(n * 2.0).reshape(n, 2)}
+    w = jnp.ones((3, 4))
+    want = jax.vmap(fn, in_axes=(0, None))(batched, w)
+    got = student.in_groups(fn, 3)(batched, w)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -78,7 +78,7 @@ def _distil_in_graph_seeds(config, data, seeds, mesh):
         state = distiller.init(key)
         return distiller.run(state, arrays, hyper, config.blocks, data.first_row, True)
 
-    run = sharding.map_seeds(one, mesh)
+    run = student.map_students(one, mesh)
     hyper = jax.tree_util.tree_map(jnp.float32, config.hyper)  # the loss's, e.g. {"tau": 0.01}
     state, metrics = run(keys, data.arrays(), hyper)
     return distiller, state, sharding.to_host(metrics)
@@ -100,7 +100,7 @@ def _distil_plateau_seeds(config, data, seeds, mesh):
         return distiller.run_plateau(state, rule, train, held, hyper, chunk, data.first_row)
 
     start = sharding.map_seeds(lambda key: (distiller.init(key), plateau.start()), mesh)
-    run = sharding.map_seeds(one, mesh)
+    run = student.map_students(one, mesh)
     carry, metrics = until_plateau(
         lambda c: run(c, train, held, hyper), start(keys), lambda c: c[1].active, config
     )
@@ -354,7 +354,7 @@ def _distil_side_by_side(configs, data, seeds, mesh) -> list[tuple]:
         start = sharding.map_seeds(
             lambda kh: ((distiller.init(kh[0]), plateau.start()), kh[1]), mesh
         )
-        run = sharding.map_seeds(one, mesh)
+        run = student.map_students(one, mesh)
         carry, metrics = until_plateau(
             lambda c: run(c, train, held), start((keys, hyper)), lambda c: c[0][1].active, base
         )
@@ -367,7 +367,7 @@ def _distil_side_by_side(configs, data, seeds, mesh) -> list[tuple]:
                 distiller.init(key), arrays, hyper, base.blocks, data.first_row, True
             )
 
-        state, metrics = sharding.map_seeds(one, mesh)((keys, hyper), data.arrays())
+        state, metrics = student.map_students(one, mesh)((keys, hyper), data.arrays())
         metrics = sharding.to_host(metrics)
     out = []
     for i, c in enumerate(configs):
