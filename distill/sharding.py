@@ -181,7 +181,37 @@ def to_host(tree: Any) -> Any:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
 
+    if any(
+        isinstance(x, jax.Array) and not x.is_fully_addressable
+        for x in jax.tree_util.tree_leaves(tree)
+    ):
+        wait_for_processes("to_host")
     return jax.tree_util.tree_map(get, tree)
+
+
+# A host that finishes its share of a program early waits here, through the coordination
+# service, rather than in the first collective: on a CPU that sets up its collectives (Gloo) with
+# a 30 s deadline, and one host compiling or training slower than another by more than that
+# failed with "Gloo context initialization failed: DEADLINE_EXCEEDED" (seen with two processes on
+# a loaded 2-core machine).
+WAIT_S = 600
+
+
+def wait_for_processes(name: str, timeout_s: int = WAIT_S) -> None:
+    """Block until every process of a multi-host run reaches a wait of this `name` (a counter is
+    appended so that each call is its own barrier); nothing on one host."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client jax.distributed.initialize made
+
+    client = distributed.global_state.client
+    if client is None:
+        return
+    _WAITS[name] = _WAITS.get(name, 0) + 1
+    client.wait_at_barrier(f"distill-{name}-{_WAITS[name]}", timeout_s * 1000)
+
+
+_WAITS: dict[str, int] = {}
 
 
 def placement(tree: Any) -> list[dict]:
@@ -326,4 +356,5 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
+        wait_for_processes(name)
         multihost_utils.sync_global_devices(name)

@@ -6,13 +6,14 @@ import dataclasses
 import json
 import math
 
+import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import pytest
 from conftest import DATASET_CONFIG, ENV
 
-from distill import dataset, experiments, plateau, student
+from distill import checkpoint, dataset, experiments, plateau, student
 from distill.config import ConfigError
 from distill.experiments import seeds
 
@@ -154,6 +155,8 @@ def test_loss_comparison_to_the_plateau(tmp_path, trained_cartpole, monkeypatch)
         plateau_delta=RULED.plateau_delta,
     )
     result = experiments.loss_comparison(b, losses=("kl",), runs_dir=tmp_path, progress=False)
+    students = sorted(p.name for p in (tmp_path / "students").iterdir())
+    assert students and not any(n.startswith(seeds.PARTIAL) for n in students), students
     for row in result["rows"]:
         assert row["plateau_updates"] <= row["updates"] <= b.updates
         assert 0.5 < row["held_out_agreement"] <= 1.0
@@ -165,3 +168,64 @@ def test_loss_comparison_to_the_plateau(tmp_path, trained_cartpole, monkeypatch)
     saved = json.loads((folder / "loss_comparison.json").read_text())
     assert saved["budget"]["plateau_blocks"] == 2
     assert dataclasses.asdict(b)["plateau_delta"] == RULED.plateau_delta
+
+
+def test_an_interrupted_plateau_run_resumes_from_its_last_chunk(
+    tmp_path, ruled_students, monkeypatch
+):
+    """Stopped after its second chunk (the partial checkpoint written), a second call trains
+    on from there: the same curves and parameters as the run never stopped; the finished
+    students are cached whole and the half-way folder is gone."""
+    data, (_, state, m) = ruled_students
+    write, calls = seeds.write_partial, []
+
+    def write_then_stop(*args):
+        write(*args)
+        calls.append(args[-1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments.common, "_MEMO", {})  # not the fixture's students
+    monkeypatch.setattr(seeds, "write_partial", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        seeds.distil_seeds(RULED, data, 2, cache=tmp_path)
+    folder = tmp_path / seeds.student_folder_name(RULED, data, 2)
+    assert (folder / seeds.PARTIAL / "manifest.json").exists()
+    assert not (folder / "manifest.json").exists()
+    monkeypatch.setattr(seeds, "write_partial", write)
+    _, state2, m2 = seeds.distil_seeds(RULED, data, 2, cache=tmp_path)
+    np.testing.assert_array_equal(np.asarray(m2.held_out), np.asarray(m.held_out))
+    np.testing.assert_array_equal(np.asarray(state2.updates), np.asarray(state.updates))
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(state2.params), leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (folder / "manifest.json").exists() and not (folder / seeds.PARTIAL).exists()
+
+
+def test_a_partial_run_of_other_students_is_refused_by_name(tmp_path, ruled_students):
+    data, _ = ruled_students
+    folder = tmp_path / seeds.PARTIAL
+    carry = {"w": np.zeros(3, np.float32)}
+    metrics = student.BlockMetrics(*(np.zeros((2, 1), np.float32) for _ in range(4)))
+    seeds.write_partial(folder, seeds._identity(RULED, data, 2), carry, [metrics], 2)
+    other = dataclasses.replace(RULED, plateau_delta=0.5)
+    with pytest.raises(checkpoint.CheckpointError, match=str(folder)):
+        seeds.read_partial(folder, seeds._identity(other, data, 2), carry)
+    restored, parts, blocks = seeds.read_partial(folder, seeds._identity(RULED, data, 2), carry)
+    assert blocks == 2 and np.asarray(parts[0].loss).shape == (2, 1)
+
+
+def test_losses_side_by_side_are_cached_whole_under_the_rule(tmp_path, ruled_students, monkeypatch):
+    """Plateau students of several losses trained in one program are stored one folder per
+    loss (no half-way folder left), and read back as they were trained."""
+    data, _ = ruled_students
+    monkeypatch.setattr(experiments.common, "_MEMO", {})
+    configs = [RULED, dataclasses.replace(RULED, loss="nll")]
+    first = seeds.distil_losses(configs, data, 2, cache=tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(seeds.student_folder_name(c, data, 2) for c in configs), names
+    monkeypatch.setattr(experiments.common, "_MEMO", {})
+    again = seeds.distil_losses(configs, data, 2, cache=tmp_path)
+    for (_, s1, m1), (_, s2, m2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(np.asarray(m1.held_out), np.asarray(m2.held_out))
+        np.testing.assert_array_equal(np.asarray(s1.updates), np.asarray(s2.updates))

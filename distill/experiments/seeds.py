@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -38,7 +39,9 @@ def distil_seeds(
 
     With a `cache` folder the finished students are stored there under a name derived from the
     config, the dataset's checksums and `seeds`, and a later call with the same three reads them
-    back instead of training: a long experiment interrupted between students loses none.
+    back instead of training: a long experiment interrupted between students loses none. Under
+    the plateau rule the students' state is also stored after every chunk (`PARTIAL` inside that
+    folder), so one interrupted half-way resumes from its last chunk.
 
     Atari envs live on the host and Atari-size convolutions train fastest one update per
     compiled call on CPU, so there each seed is a `student.fit` run (seed `config.seed + s`,
@@ -57,7 +60,10 @@ def distil_seeds(
         if folder is not None and (folder / checkpoint.MANIFEST).exists():
             result = _read_students(folder, config, data, seeds)
         elif config.plateau_blocks:
-            result = _distil_plateau_seeds(config, data, seeds, mesh)
+            result = _distil_plateau_seeds(config, data, seeds, mesh, folder)
+            if folder is not None:
+                _write_students(folder, config, data, seeds, result)
+                drop_partial(folder / PARTIAL)
         else:
             result = _distil_in_graph_seeds(config, data, seeds, mesh)
             if folder is not None:
@@ -84,7 +90,7 @@ def _distil_in_graph_seeds(config, data, seeds, mesh):
     return distiller, state, sharding.to_host(metrics)
 
 
-def _distil_plateau_seeds(config, data, seeds, mesh):
+def _distil_plateau_seeds(config, data, seeds, mesh, folder: Path | None = None):
     """Seeds side by side under the plateau rule: chunks of `plateau_blocks` blocks, one
     compiled call each, until every seed has stopped or the cap (`config.blocks`) is reached.
     Metrics are `[seeds, blocks run]`, nan after a seed stopped; the score is nan (no evaluation
@@ -101,26 +107,91 @@ def _distil_plateau_seeds(config, data, seeds, mesh):
 
     start = sharding.map_seeds(lambda key: (distiller.init(key), plateau.start()), mesh)
     run = student.map_students(one, mesh)
+    partial = None if folder is None else (folder / PARTIAL, _identity(config, data, seeds))
     carry, metrics = until_plateau(
-        lambda c: run(c, train, held, hyper), start(keys), lambda c: c[1].active, config
+        lambda c: run(c, train, held, hyper), start(keys), lambda c: c[1].active, config, partial
     )
     return distiller, carry[0], metrics
 
 
-def until_plateau(run, carry, active, config: student.StudentConfig):
+def until_plateau(
+    run, carry, active, config: student.StudentConfig, partial: tuple[Path, dict] | None = None
+):
     """`carry, m = run(carry)` (one compiled chunk of `min(plateau_blocks, blocks)` blocks for
     every student) until no student is `active(carry)` `[n]` or the cap (`config.blocks`) is
-    reached. Returns the last carry and BlockMetrics `[n, blocks run]` (numpy)."""
-    chunk, parts = min(config.plateau_blocks, config.blocks), []
-    for _ in range(-(-config.blocks // chunk)):
+    reached. Returns the last carry and BlockMetrics `[n, blocks run]` (numpy).
+
+    With `partial` (a folder, and the identity of the students in it) the carry and the metrics
+    so far are written there after every chunk, and a carry found there is where it starts."""
+    chunk, parts, blocks = min(config.plateau_blocks, config.blocks), [], 0
+    if partial is not None:
+        carry, parts, blocks = read_partial(*partial, carry)
+    while blocks < config.blocks and (
+        not blocks or np.asarray(sharding.to_host(active(carry))).any()
+    ):
         carry, m = run(carry)
         parts.append(sharding.to_host(m))
-        if not np.asarray(sharding.to_host(active(carry))).any():
-            break
+        blocks += chunk
+        if partial is not None:
+            write_partial(*partial, carry, parts, blocks)
     metrics = jax.tree_util.tree_map(
         lambda *xs: np.concatenate(xs, axis=1)[:, : config.blocks], *parts
     )
     return carry, student.BlockMetrics(*metrics)
+
+
+# Students under the plateau rule, half-way: the carry (states and rules) after the last chunk.
+# A long run (a large MinAtar student trains for an hour or more on a CPU) resumes from there.
+PARTIAL = "partial"
+
+
+def _identity(config: student.StudentConfig, data: dataset.Dataset, seeds: int) -> dict:
+    return {
+        "config": student.config_identity(config),
+        "dataset": student.dataset_fingerprint(data),
+        "seeds": seeds,
+    }
+
+
+def write_partial(folder: Path, identity: dict, carry, parts: list, blocks: int) -> None:
+    """The carry and the metrics of `blocks` blocks so far, atomically (`write_checkpoint`)."""
+    metrics = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+    checkpoint.write_checkpoint(
+        folder,
+        {checkpoint.TRAIN_STATE: checkpoint.pytree_to_bytes(sharding.to_host(carry))},
+        {
+            "kind": "students-partial",
+            "identity": identity,
+            "blocks": blocks,
+            "metrics": {k: np.asarray(v).tolist() for k, v in metrics._asdict().items()},
+        },
+    )
+
+
+def read_partial(folder: Path, identity: dict, carry) -> tuple:
+    """(carry, [metrics so far], blocks run) from `folder`; `(carry, [], 0)` where there is
+    none. Students of another config, dataset or seed count there are refused by name."""
+    if not (folder / checkpoint.MANIFEST).exists():
+        return carry, [], 0
+    manifest = checkpoint.read_manifest(folder)
+    stored = json.loads(json.dumps(identity))  # as JSON reads it back (tuples become lists)
+    if manifest.get("kind") != "students-partial" or manifest.get("identity") != stored:
+        raise checkpoint.CheckpointError(
+            f"{folder / checkpoint.MANIFEST}: holds another run's students half-way; remove the "
+            "folder to train these from the start"
+        )
+    raw = checkpoint.read_verified(folder, checkpoint.TRAIN_STATE, manifest)
+    name = str(checkpoint.path_of(folder, checkpoint.TRAIN_STATE, manifest))
+    carry = checkpoint.pytree_from_bytes(raw, sharding.to_host(carry), name)
+    m = student.BlockMetrics(
+        *(np.array(manifest["metrics"][k], np.float32) for k in student.BlockMetrics._fields)
+    )
+    return carry, [m], int(manifest["blocks"])
+
+
+def drop_partial(folder: Path) -> None:
+    """Remove a finished run's `PARTIAL` folder (its students are stored whole beside it)."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def plateau_columns(config: student.StudentConfig, metrics, seed: int) -> dict:
@@ -324,17 +395,24 @@ def distil_losses(
         and not (f is not None and (f / checkpoint.MANIFEST).exists())
     ]
     if len(todo) > 1:
-        trained = _distil_side_by_side([configs[i] for i in todo], data, seeds, mesh)
+        partial = None
+        if cache is not None and base.plateau_blocks:  # half-way state of these students together
+            names = [folders[i].name for i in todo]
+            digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12]
+            partial = (Path(cache) / f"{PARTIAL}_{digest}", {"students": names, "seeds": seeds})
+        trained = _distil_side_by_side([configs[i] for i in todo], data, seeds, mesh, partial)
         for i, result in zip(todo, trained, strict=True):
-            if folders[i] is not None and not configs[i].plateau_blocks:
+            if folders[i] is not None:
                 _write_students(folders[i], configs[i], data, seeds, result)
             common._MEMO[_memo_key(configs[i], data, seeds, mesh)] = result
+        if partial is not None:
+            drop_partial(partial[0])
     return [distil_seeds(c, data, seeds, mesh, cache) for c in configs]
 
 
-def _distil_side_by_side(configs, data, seeds, mesh) -> list[tuple]:
+def _distil_side_by_side(configs, data, seeds, mesh, partial=None) -> list[tuple]:
     """`distil_losses`' training: `[len(configs) * seeds]` students (config-major) in one
-    program; returns one (distiller, state, metrics) per config."""
+    program; returns one (distiller, state, metrics) per config. `partial`: `until_plateau`'s."""
     base = configs[0]
     names = tuple(dict.fromkeys(c.loss for c in configs))
     distiller = student.make_distill(base, data.env_id, data.stack, mesh=mesh, loss_names=names)
@@ -356,7 +434,11 @@ def _distil_side_by_side(configs, data, seeds, mesh) -> list[tuple]:
         )
         run = student.map_students(one, mesh)
         carry, metrics = until_plateau(
-            lambda c: run(c, train, held), start((keys, hyper)), lambda c: c[0][1].active, base
+            lambda c: run(c, train, held),
+            start((keys, hyper)),
+            lambda c: c[0][1].active,
+            base,
+            partial,
         )
         state = carry[0][0]
     else:
