@@ -30,7 +30,8 @@ test: $(STAMP)
 
 # every notebook at the default budget (quick), as a student runs it: its checks must pass there
 # too before a change to a notebook lands (minutes per notebook on a CPU; not in `make test`)
-# the integration tests too long for `make test` (large-teacher compression, five-game multi-task)
+# the integration tests too long for `make test` (large-teacher compression, five-game multi-task,
+# the Atari suite at smoke)
 test-long: $(STAMP)
 	DISTILL_BUDGET=smoke $(JAX_CACHE) $(BIN)/pytest -q -m long tests
 

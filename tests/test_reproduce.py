@@ -137,6 +137,8 @@ def test_a_run_that_runs_nothing_still_reports(tmp_path):
     assert json.loads((out / "results.json").read_text())["results"] == {}
 
 
+@pytest.mark.long  # 220 s of CPU from a cold compilation cache, the most of any test; Atari
+# students are also distilled at smoke by notebooks/07_atari_pong.ipynb in `make test`
 def test_atari_suite_smoke(tmp_path):
     out = reproduce.reproduce("atari", "smoke", tmp_path / "atari", progress=False)
     results = json.loads((out / "results.json").read_text())
