@@ -329,13 +329,15 @@ def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]
 
 
 def stats_command(
-    path: str | Path, out: str | Path | None = None, reps: int = stats.REPS, seed: int = 0
+    path: str | Path | None, out: str | Path | None = None, reps: int = stats.REPS, seed: int = 0
 ) -> str:
     """`distill stats`: the markdown of a results.json's intervals and verdicts (and, with
     `out`, the files of `write`). ConfigError (one line) for a file that is not a results.json
     or an `out` that is a file."""
     from distill.config import ConfigError
 
+    if path is None:
+        raise ConfigError("give a results.json, or --references A B")
     results = load_results(path)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder")

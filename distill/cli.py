@@ -237,8 +237,12 @@ def cmd_reproduce(args) -> int:
 
 def cmd_stats(args) -> int:
     from distill import claims
+    from distill.experiments import paired
 
-    print(claims.stats_command(args.results, args.out, args.reps, args.seed), end="")
+    if args.references:  # teacher folders (or reference.json): A/B on their shared episodes
+        print(paired.compare_references(*args.references, args.reps, args.seed), end="")
+    else:
+        print(claims.stats_command(args.results, args.out, args.reps, args.seed), end="")
     return 0
 
 
@@ -439,7 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("stats", help="95 %% bootstrap intervals and the paper's claims' verdicts")
-    s.add_argument("results", help="a results.json of distill reproduce")
+    s.add_argument("results", nargs="?", help="a results.json of distill reproduce")
+    s.add_argument(
+        "--references", nargs=2, metavar=("A", "B"), help="or: teachers A/B, shared episodes"
+    )
     s.add_argument("--out", help="folder for stats.md, stats.json and the figures")
     s.add_argument(
         "--reps", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)"

@@ -186,6 +186,18 @@ def profile_interval(
     return interval(scores, lambda s: performance_profile(s, thresholds), reps, seed, level)
 
 
+def paired_ratio_interval(
+    x: np.ndarray, y: np.ndarray, reps: int = REPS, seed: int = 0, level: float = LEVEL
+) -> dict:
+    """mean(x) / mean(y) of paired scores (x[i] and y[i] played from the same start) with the
+    percentile interval of a bootstrap that resamples the pairs, with replacement."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or x.size == 0:
+        raise ValueError(f"paired scores: two 1-d arrays of one length, got {x.shape}, {y.shape}")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(reps, x.size))
+    return _interval(x.mean() / y.mean(), x[idx].mean(axis=1) / y[idx].mean(axis=1), level)
+
+
 # ---------------------------------------------------------------------------- results.json
 
 

@@ -3,6 +3,8 @@ rules (claims.py)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -343,3 +345,37 @@ def test_figures_label_their_axes():
     ax = fig.axes[0]
     assert "% of teacher" in ax.get_xlabel() and ax.get_ylabel()
     assert ax.get_legend() is not None and ax.get_title()
+
+
+def test_paired_ratio_interval_resamples_pairs():
+    """Pairs move together: y = x / 2 exactly gives a zero-width interval at 2 whatever the
+    spread of x; independent noise widens it around the ratio of the means."""
+    x = np.random.default_rng(1).exponential(10.0, size=400)
+    tight = stats.paired_ratio_interval(x, x / 2, reps=500)
+    assert tight["point"] == pytest.approx(2.0) and tight["hi"] - tight["lo"] < 1e-9
+    y = np.random.default_rng(2).exponential(5.0, size=400)
+    wide = stats.paired_ratio_interval(x, y, reps=500)
+    assert wide["lo"] < x.mean() / y.mean() < wide["hi"] and wide["hi"] - wide["lo"] > 0.1
+    with pytest.raises(ValueError, match="one length"):
+        stats.paired_ratio_interval(x, y[:10])
+
+
+def test_references_compared_on_their_shared_episodes(tmp_path, capsys):
+    from distill import cli
+    from distill.experiments import paired
+
+    def ref(name, scores, env="Breakout-MinAtar"):
+        ident = {"env_id": env, "epsilon": 0.05, "seed": 10000, "keys": "k", "batch": 100}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "reference.json").write_text(
+            json.dumps({"identity": ident, "episode_scores": scores})
+        )
+        return str(tmp_path / name)
+
+    a, b = ref("big", [4.0, 6.0, 8.0, 99.0]), ref("small", [2.0, 3.0, 4.0])
+    text = paired.compare_references(a, b, reps=200)
+    assert "3 shared episodes" in text and "ratio 2.00 [2.00, 2.00]" in text  # 99 not shared
+    assert "difference +3.00" in text
+    assert cli.main(["stats", "--references", a, ref("other", [1.0], "Asterix-MinAtar")]) == 2
+    assert "not the same episode starts (env_id" in capsys.readouterr().err
+    assert cli.main(["stats"]) == 2

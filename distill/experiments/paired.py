@@ -22,7 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from distill import checkpoint, envs, evaluate, families, paths, sharding, xla
+from distill import checkpoint, envs, evaluate, families, paths, sharding, stats, xla
+from distill.config import ConfigError
 
 EVAL_SEED = 10_000  # the evaluation seed of every final score (as the unpaired references had)
 REFERENCE_FILE = "reference.json"
@@ -183,3 +184,38 @@ def reference_columns(reference: dict) -> dict:
         "reference_score": reference.get("mean"),
         "reference_se": reference.get("se"),
     }
+
+
+# identity fields that must agree for two references to share their episodes' starts
+SHARED_STARTS = ("env_id", "epsilon", "seed", "keys", "batch")
+
+
+def compare_references(a: str | Path, b: str | Path, reps: int = stats.REPS, seed: int = 0) -> str:
+    """`distill stats --references A B`: two teachers' reference scores on the episodes they
+    share (the same starts: the first min(n_A, n_B)), as means, the paired difference with its
+    standard error, and the ratio A/B with its 95 % paired bootstrap interval. A and B are
+    teacher folders or their reference.json files; references of other starts are refused."""
+    refs = []
+    for where in (a, b):
+        path = Path(where) / REFERENCE_FILE if Path(where).is_dir() else Path(where)
+        try:
+            refs.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: not a readable reference.json ({e})") from e
+    (pa, ra), (pb, rb) = refs
+    for key in SHARED_STARTS:
+        va, vb = (r.get("identity", {}).get(key) for r in (ra, rb))
+        if va != vb or va is None:
+            raise ConfigError(f"{pa} and {pb}: not the same episode starts ({key}: {va} vs {vb})")
+    n = min(len(ra["episode_scores"]), len(rb["episode_scores"]))
+    x, y = (np.asarray(r["episode_scores"][:n], dtype=float) for r in (ra, rb))
+    d = x - y
+    ratio = stats.paired_ratio_interval(x, y, reps, seed)
+    return (
+        f"{ra['identity']['env_id']}: {n} shared episodes (seed {ra['identity']['seed']}, "
+        f"epsilon {ra['identity']['epsilon']})\n"
+        f"  {pa.parent.name}: {x.mean():.2f}   {pb.parent.name}: {y.mean():.2f}\n"
+        f"  difference {d.mean():+.2f} (se {d.std(ddof=1) / np.sqrt(n):.2f}); ratio "
+        f"{ratio['point']:.2f} [{ratio['lo']:.2f}, {ratio['hi']:.2f}] (95 %, paired bootstrap, "
+        f"{reps:,} resamples, seed {seed})\n"
+    )
