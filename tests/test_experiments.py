@@ -129,7 +129,8 @@ def test_budgets():
         experiments.budget("nope")
     smoke, quick, full = (experiments.budget(n) for n in ("smoke", "quick", "full"))
     assert smoke.name == "smoke" and smoke.games == ("Breakout-MinAtar",)
-    assert quick.games == full.games == experiments.MINATAR_GAMES
+    assert quick.games == experiments.MINATAR_GAMES  # four: the demo's and notebooks' time
+    assert full.games == (*experiments.MINATAR_GAMES, "Seaquest-MinAtar")  # issue 20: all five
     for b in (smoke, quick, full):
         assert b.updates % b.eval_every == 0 and b.seeds >= 2
     assert smoke.updates < quick.updates < full.updates

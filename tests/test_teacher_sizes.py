@@ -18,7 +18,7 @@ from distill.config import ConfigError
 from distill.experiments import common, multitask_distillation, paired, policy_compression
 
 GAME = "Breakout-MinAtar"
-FIVE = (*common.MINATAR_GAMES, "Seaquest-MinAtar")
+FIVE = common.MINATAR_FIVE
 LARGE = common.budget(
     "smoke",
     teachers="large",

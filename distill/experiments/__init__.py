@@ -21,6 +21,7 @@ import sys
 from distill.experiments.common import (
     ATARI_BUDGETS,
     BUDGETS,
+    MINATAR_FIVE,
     MINATAR_GAMES,
     SUITES,
     Budget,
@@ -78,6 +79,7 @@ __all__ = [
     "ATARI_BUDGETS",
     "BUDGETS",
     "EXPERIMENTS",
+    "MINATAR_FIVE",
     "MINATAR_GAMES",
     "PAPER_COMPRESSION",
     "PAPER_MULTITASK",
