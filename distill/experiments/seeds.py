@@ -122,10 +122,20 @@ def until_plateau(
     reached. Returns the last carry and BlockMetrics `[n, blocks run]` (numpy).
 
     With `partial` (a folder, and the identity of the students in it) the carry and the metrics
-    so far are written there after every chunk, and a carry found there is where it starts."""
+    so far are written there after every chunk, a carry found there is where it starts, and a
+    progress bar counts the updates (a student of a full budget can train for an hour)."""
+    from tqdm.auto import tqdm
+
     chunk, parts, blocks = min(config.plateau_blocks, config.blocks), [], 0
     if partial is not None:
         carry, parts, blocks = read_partial(*partial, carry)
+    bar = tqdm(
+        total=config.blocks * config.eval_every,
+        initial=blocks * config.eval_every,
+        unit="update",
+        desc=_label(partial),
+        disable=partial is None,
+    )
     while blocks < config.blocks and (
         not blocks or np.asarray(sharding.to_host(active(carry))).any()
     ):
@@ -134,10 +144,29 @@ def until_plateau(
         blocks += chunk
         if partial is not None:
             write_partial(*partial, carry, parts, blocks)
+        live = np.asarray(sharding.to_host(active(carry)))
+        bar.set_postfix(improving=f"{int(live.sum())}/{live.size}", held_out=_best(parts))
+        bar.update(chunk * config.eval_every)
+    bar.close()
     metrics = jax.tree_util.tree_map(
         lambda *xs: np.concatenate(xs, axis=1)[:, : config.blocks], *parts
     )
     return carry, student.BlockMetrics(*metrics)
+
+
+def _label(partial: tuple[Path, dict] | None) -> str:
+    """'students <game>_<net>_<loss>[, <loss>...]' from the names of the students' folders."""
+    if partial is None:
+        return "students"
+    names = partial[1].get("students") or [partial[0].parent.name]
+    losses = ", ".join(n.rsplit("_", 2)[1] for n in names)  # <game>_<net>_<loss>_<hash>
+    return f"students {names[0].rsplit('_', 2)[0]}_{losses}"
+
+
+def _best(parts: list) -> str:
+    """The best held-out agreement so far over every student, for the progress bar."""
+    held = np.concatenate([np.asarray(p.held_out, np.float64) for p in parts], axis=1)
+    return f"{np.nanmax(held):.3f}" if np.isfinite(held).any() else "-"
 
 
 # Students under the plateau rule, half-way: the carry (states and rules) after the last chunk.
