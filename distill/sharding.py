@@ -204,8 +204,8 @@ def wait_for_processes(name: str, timeout_s: int = WAIT_S) -> None:
         return
     from jax._src import distributed  # the client jax.distributed.initialize made
 
-    client = distributed.global_state.client
-    if client is None:
+    client = getattr(getattr(distributed, "global_state", None), "client", None)
+    if client is None:  # not started by jax.distributed (or a jax that keeps it elsewhere)
         return
     _WAITS[name] = _WAITS.get(name, 0) + 1
     client.wait_at_barrier(f"distill-{name}-{_WAITS[name]}", timeout_s * 1000)

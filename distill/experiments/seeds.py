@@ -136,9 +136,8 @@ def until_plateau(
         desc=_label(partial),
         disable=partial is None,
     )
-    while blocks < config.blocks and (
-        not blocks or np.asarray(sharding.to_host(active(carry))).any()
-    ):
+    live = np.asarray(sharding.to_host(active(carry)))  # all True at the start
+    while blocks < config.blocks and live.any():
         carry, m = run(carry)
         parts.append(sharding.to_host(m))
         blocks += chunk
