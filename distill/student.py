@@ -295,7 +295,8 @@ def make_distill(
 # optimiser array `students` times larger, and past a few MinAtar students they no longer fit
 # the caches; a loop over groups of GROUP vmapped students (`in_groups`, still one program) ran
 # 9 teacher-size students 1.4-3.7x faster per sample than one vmap of 9 (medians of three runs,
-# 2-core CPU under load, benchmarks/side_by_side.py). Off the CPU every student goes in one vmap.
+# 2-core CPU under load, benchmarks/side_by_side.py); on the same CPU quiet the two are level
+# (0.215 and 0.229 of a matmul's FLOP/s). Off the CPU every student goes in one vmap.
 GROUP = 3
 
 

@@ -94,7 +94,8 @@ def _distil_plateau_seeds(config, data, seeds, mesh, folder: Path | None = None)
     """Seeds side by side under the plateau rule: chunks of `plateau_blocks` blocks, one
     compiled call each, until every seed has stopped or the cap (`config.blocks`) is reached.
     Metrics are `[seeds, blocks run]`, nan after a seed stopped; the score is nan (no evaluation
-    in the env: the caller scores the final students on the paired episodes)."""
+    in the env: the caller scores the final students on the paired episodes). With a `folder`
+    the students half-way are checkpointed in `folder/PARTIAL` (`until_plateau`)."""
     distiller = student.make_distill(config, data.env_id, data.stack, mesh=mesh)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
     train, held = student.held_out_split(config, data)
