@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +94,61 @@ def _same_key(done: dict | None, key: dict) -> bool:
     return done.get("suite") == key["suite"] and filled == key["budget"]
 
 
+class StageClock:
+    """A stage's wall and CPU seconds summed over every session that ran it: `OUT/<stage>/
+    clock.json`, rewritten every `every` seconds while the stage runs, so that a stage
+    interrupted (a session ending kills its processes) and resumed still reports its whole time.
+    CPU seconds count this process's threads; beside the wall time they show how much of the
+    machine the stage had (other jobs running at the same time make the wall time longer)."""
+
+    def __init__(self, folder: Path, every: float = 30.0):
+        self.path, self.every = folder / "clock.json", every
+        before = _read_clock(self.path)
+        self.wall_before, self.cpu_before = before["wall_s"], before["cpu_s"]
+        self.sessions = before["sessions"] + 1
+        self._stop = threading.Event()
+
+    def __enter__(self) -> StageClock:
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.write()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.write()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self.write()
+
+    def totals(self) -> dict:
+        return {
+            "wall_s": round(self.wall_before + time.perf_counter() - self.t0, 1),
+            "cpu_s": round(self.cpu_before + time.process_time() - self.c0, 1),
+            "sessions": self.sessions,
+        }
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_json(self.path, self.totals())
+
+
+def _read_clock(path: Path) -> dict:
+    """A stage clock's totals so far (zero where none was written; a damaged one is refused)."""
+    if not path.exists():
+        return {"wall_s": 0.0, "cpu_s": 0.0, "sessions": 0}
+    try:
+        clock = json.loads(path.read_text())
+        return {k: type(v)(clock[k]) for k, v in (("wall_s", 0.0), ("cpu_s", 0.0), ("sessions", 0))}
+    except (ValueError, KeyError, TypeError) as e:
+        raise checkpoint.CheckpointError(
+            f"{path} is damaged ({e}); delete it to restart the stage's clock"
+        ) from None
+
+
 def reproduce(
     suite: str,
     budget_name: str,
@@ -124,13 +180,14 @@ def reproduce(
         raise ConfigError(f"stages={unknown} not in the {suite} suite's stages {stages}")
     # as it reads back from JSON (tuples become lists), to compare with finished stages' keys
     key = json.loads(json.dumps({"suite": suite, "budget": dataclasses.asdict(b)}))
-    results, timings = {}, {}
+    results, timings, cpu = {}, {}, {}
     meta = {
         "suite": suite,
         "budget": dataclasses.asdict(b),
         "machine": _machine(),
         "versions": checkpoint.versions(),
-        "stage_wall_s": timings,
+        "stage_wall_s": timings,  # summed over the sessions that ran each stage
+        "stage_cpu_s": cpu,
         "stages": stages,
         "command": f"distill reproduce --suite {suite} --budget {budget_name} --out {out}"
         + (f" --stages {','.join(only)}" if only else "")
@@ -143,21 +200,27 @@ def reproduce(
             if _same_key(done.get("key"), key) and done.get("status") == "complete":
                 print(f"[{i}/{len(stages)}] {stage}: finished before, skipped", flush=True)
                 results[stage], timings[stage] = done["result"], done["wall_s"]
+                if "cpu_s" in done:
+                    cpu[stage] = done["cpu_s"]
                 write_outputs(out, meta, results)
                 continue
         if only is not None and stage not in only:
             print(f"[{i}/{len(stages)}] {stage}: not asked for, left", flush=True)
             continue
         print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
-        t0 = time.perf_counter()
-        result = _run_stage(stage, b, out, progress, mesh)
-        timings[stage] = round(time.perf_counter() - t0, 1)
-        results[stage] = result
+        with StageClock(out / stage) as clock:
+            result = _run_stage(stage, b, out, progress, mesh)
+        spent = clock.totals()
+        timings[stage], cpu[stage], results[stage] = spent["wall_s"], spent["cpu_s"], result
         checkpoint.atomic_write_json(
             marker,
-            {"status": "complete", "key": key, "wall_s": timings[stage], "result": result},
+            {"status": "complete", "key": key, **spent, "result": result},
         )
-        print(f"[{i}/{len(stages)}] {stage}: done in {timings[stage]:.0f} s", flush=True)
+        print(
+            f"[{i}/{len(stages)}] {stage}: done in {timings[stage]:.0f} s"
+            + (f" over {spent['sessions']} sessions" if spent["sessions"] > 1 else ""),
+            flush=True,
+        )
         # the report so far: an interrupted run still leaves every finished stage's tables
         summaries = write_outputs(out, meta, results)
         tb.log_stage(out / tb.FOLDER, i, stage, timings[stage], summaries.get(stage))
@@ -187,6 +250,18 @@ def _in_stage_order(meta: dict) -> list[str]:
     return sorted(meta["stage_wall_s"], key=lambda s: order.index(s) if s in order else len(order))
 
 
+def _cpu_note(meta: dict) -> str:
+    """The stages' CPU seconds, where the run recorded them (older results.json did not)."""
+    cpu = meta.get("stage_cpu_s") or {}
+    if not cpu:
+        return ""
+    return (
+        "  \nCPU time per stage (s, this process's threads): "
+        + ", ".join(f"{k} {cpu[k]:.0f}" for k in _in_stage_order(meta) if k in cpu)
+        + f"; total {sum(cpu.values()):.0f}"
+    )
+
+
 def _options_note(options: dict | None) -> str:
     """The XLA compiler options of the run (distill.xla), where it recorded any."""
     return f", XLA options {options}" if options else ""
@@ -213,9 +288,10 @@ def render_report(meta: dict, results: dict, claims_section: str = "") -> str:
         "",
         "Budget: " + ", ".join(f"{k}={v}" for k, v in b.items()),
         "",
-        "Wall time per stage (s): "
+        "Wall time per stage (s, summed over the sessions that ran it): "
         + ", ".join(f"{k} {meta['stage_wall_s'][k]:.0f}" for k in _in_stage_order(meta))
-        + f"; total {sum(meta['stage_wall_s'].values()):.0f}",
+        + f"; total {sum(meta['stage_wall_s'].values()):.0f}"
+        + _cpu_note(meta),
         "",
     ]
     missing = [s for s in meta.get("stages", []) if s not in results]
