@@ -392,3 +392,19 @@ def test_multitask_dqn_in_chunks_equals_one_call_and_resumes(tmp_path, monkeypat
         mt.train_in_chunks(
             run, template, iterations, games, **{**resumable, "identity": {"games": []}}
         )
+
+
+@pytest.mark.long  # two multi-task DQNs compiled and evaluated: about 90 s cold on 2 cores
+def test_multitask_dqn_runs_one_folder_per_seed(tmp_path):
+    """The multi-task DQN baseline has runs (one per seed) so that the distilled student's lead
+    over it carries an interval; seed 0 keeps the folder it had before runs had seeds."""
+    from distill.experiments import multitask_distillation as md
+
+    steps = 12_000  # just past the default learning_starts (10,000): a few updates
+    for seed in (0, 1):
+        scores = md.multitask_dqn_scores(MULTI_GAMES, steps, 2, tmp_path, False, seed=seed)
+        assert scores.shape == (2, 2) and np.isfinite(scores).all()
+    folders = sorted(tmp_path.glob("multitask-dqn_*"))
+    assert len(folders) == 2
+    seeds = sorted(checkpoint.read_manifest(f)["identity"].get("seed", 0) for f in folders)
+    assert seeds == [0, 1]

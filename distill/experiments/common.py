@@ -71,6 +71,9 @@ class Budget:
     multitask_net: str = "teacher"
     """the multi-task student's and DQN's trunk: teacher (the paper's 3-game net: the teacher's
     trunk) or wide (its 10-game net: a wider trunk); a per-game fc2 of 128 and controller each"""
+    multitask_dqn_seeds: int = 1
+    """multi-task DQN runs, one per seed (the claim that the distilled student beats it needs an
+    interval over runs: at least 3)"""
 
     @property
     def fixed_student_updates(self) -> int:
@@ -114,6 +117,7 @@ class Budget:
         for name in ("online_teacher_steps", "online_rounds", "plateau_blocks"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, name, value, "must be an integer >= 0")
+        positive_int("multitask_dqn_seeds", self.multitask_dqn_seeds)
         positive_int("online_rows_per_round", self.online_rows_per_round)
         positive_int("online_window_rounds", self.online_window_rounds)
         require(
@@ -219,6 +223,7 @@ BUDGETS = {
         plateau_blocks=5,
         plateau_delta=0.001,
         fixed_updates=10_000,
+        multitask_dqn_seeds=3,  # an interval over runs for the distilled-vs-DQN claim
     ),
 }
 

@@ -123,15 +123,21 @@ def multitask(
         network = mt.build(games, config.net)
         add_rows(f"distilled-{loss}", heads_scores(network, params, games, b.eval_episodes))
     dqn_steps = b.multitask_dqn_steps or teacher_steps
-    scores = multitask_dqn_scores(
-        games, dqn_steps, b.eval_episodes, runs_dir, progress, mesh, net=trunk
+    scores = np.stack(
+        [
+            multitask_dqn_scores(
+                games, dqn_steps, b.eval_episodes, runs_dir, progress, mesh, net=trunk, seed=s
+            )
+            for s in range(b.multitask_dqn_seeds)
+        ]
     )
-    add_rows("multi-dqn", scores[None])
+    add_rows("multi-dqn", scores)
     return {
         "rows": rows,
         "summary": multitask_summary(rows),
         "teachers": teachers,
         "multitask_dqn_steps": dqn_steps,
+        "multitask_dqn_seeds": b.multitask_dqn_seeds,
         "channels_padded_to": mt.padded_channels(games),
         "net": trunk,
         "layers": network.spec.describe(),
@@ -148,14 +154,18 @@ def multitask_dqn_scores(
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     net: str = "teacher",
+    seed: int = 0,
 ) -> np.ndarray:
-    """The multi-task DQN baseline (trunk `net`) trained for `steps` env steps over all games
-    (resumable, in `runs_dir`); its scores on each game's paired episodes, `[games, episodes]`."""
+    """The multi-task DQN baseline (trunk `net`, run `seed`) trained for `steps` env steps over
+    all games (resumable, in `runs_dir`); its scores on each game's paired episodes,
+    `[games, episodes]`."""
     dqn_config = teacher.default_config(games[0], total_steps=steps, net=net)
     dqn_mesh = sharding.for_one_run(mesh)  # one run: only a `data` axis splits it
     network, init, run, iterations = mt.make_multitask_train(dqn_config, games, dqn_mesh)
-    key = sharding.replicate(jax.random.PRNGKey(0), dqn_mesh)
+    key = sharding.replicate(jax.random.PRNGKey(seed), dqn_mesh)
     identity = {"config": to_dict(dqn_config), "games": list(games), "mesh": str(dqn_mesh)}
+    if seed:  # seed 0 keeps the identity (and folder) it had before runs had seeds
+        identity["seed"] = seed
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     state = mt.train_in_chunks(
         run,
@@ -255,13 +265,18 @@ def report_section(result: dict) -> list[str]:
         f"One network for {len(r['teachers'])} games: a shared trunk{shape}, one controller "
         f"head per game; observations zero-padded to {r['channels_padded_to']} channels. The "
         f"multi-task DQN has the same network and trained for {r['multitask_dqn_steps']:,} "
-        "env steps over all games. " + common.teachers_note(r["budget"]),
+        f"env steps over all games ({_runs(r.get('multitask_dqn_seeds', 1))}). "
+        + common.teachers_note(r["budget"]),
         "",
         report.markdown_table(multitask_table(r)),
         "",
         "![multitask](multitask/multitask.png)",
         "",
     ]
+
+
+def _runs(n: int) -> str:
+    return "one run" if n == 1 else f"{n} runs, one per seed"
 
 
 EXPERIMENT = Experiment(
