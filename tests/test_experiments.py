@@ -20,6 +20,7 @@ from sharding_checks import TEACHER as TINY_DQN
 
 from distill import checkpoint, cli, experiments, plotting, report, teacher, xla
 from distill import multitask as mt
+from distill.config import ConfigError
 
 matplotlib.use("Agg")
 
@@ -408,3 +409,15 @@ def test_multitask_dqn_runs_one_folder_per_seed(tmp_path):
     assert len(folders) == 2
     seeds = sorted(checkpoint.read_manifest(f)["identity"].get("seed", 0) for f in folders)
     assert seeds == [0, 1]
+
+
+def test_budget_compression_nets_are_the_papers_sizes():
+    """`--compression-nets net1,net2,net3` (the paper's Table 2 without the same-size student)
+    is a budget; an unknown size is refused by name."""
+    b = experiments.budget("full", compression_nets=("net1", "net2", "net3"))
+    assert b.compression_nets == ("net1", "net2", "net3")
+    assert experiments.budget("full").compression_nets == ("teacher", "net1", "net2", "net3")
+    with pytest.raises(ConfigError, match="compression_nets=.*net4"):
+        experiments.budget("full", compression_nets=("net1", "net4"))
+    with pytest.raises(ConfigError, match="compression_nets"):
+        experiments.budget("full", compression_nets=())

@@ -106,9 +106,8 @@ def test_a_missing_large_teacher_is_refused_in_one_line(tmp_path, monkeypatch, c
 def test_compression_with_large_teachers_trains_the_large_nets(tmp_path):
     """The same-size and smallest students of the large teacher: large-teacher and large-net3
     networks, scored on the large teacher's paired episodes, at 100 % and about 4 %."""
-    result = policy_compression.compression(
-        LARGE, nets=("teacher", "net3"), runs_dir=tmp_path, progress=False
-    )
+    b = dataclasses.replace(LARGE, compression_nets=("teacher", "net3"))
+    result = policy_compression.compression(b, runs_dir=tmp_path, progress=False)
     policy = checkpoint.load(paths.shipped_teacher(GAME, "large"), env_id=GAME)
     (t,) = result["teachers"]
     assert t["teacher_episode_scores"] == paired.teacher_scores(policy, 4).tolist()

@@ -71,6 +71,9 @@ class Budget:
     multitask_net: str = "teacher"
     """the multi-task student's and DQN's trunk: teacher (the paper's 3-game net: the teacher's
     trunk) or wide (its 10-game net: a wider trunk); a per-game fc2 of 128 and controller each"""
+    compression_nets: tuple[str, ...] = ("teacher", "net1", "net2", "net3")
+    """the compression stage's student sizes, of teacher (same size), net1, net2, net3 (the
+    paper's Table 2 has net1-3; the same-size student is the loss comparison's KL student)"""
     multitask_dqn_seeds: int = 1
     """multi-task DQN runs, one per seed (the claim that the distilled student beats it needs an
     interval over runs: at least 3)"""
@@ -118,6 +121,14 @@ class Budget:
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, name, value, "must be an integer >= 0")
         positive_int("multitask_dqn_seeds", self.multitask_dqn_seeds)
+        require(
+            isinstance(self.compression_nets, tuple)
+            and len(self.compression_nets) > 0
+            and set(self.compression_nets) <= set(COMPRESSION_NETS),
+            "compression_nets",
+            self.compression_nets,
+            f"a non-empty tuple of {COMPRESSION_NETS}",
+        )
         positive_int("online_rows_per_round", self.online_rows_per_round)
         positive_int("online_window_rounds", self.online_window_rounds)
         require(
@@ -144,6 +155,9 @@ class Budget:
 
 
 MULTITASK_NETS = ("teacher", "wide")  # the paper's 3-game and 10-game multi-task shapes
+
+
+COMPRESSION_NETS = ("teacher", "net1", "net2", "net3")  # the paper's sizes, largest first
 
 
 def net_of(b: Budget, size: str) -> str:

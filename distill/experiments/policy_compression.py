@@ -20,18 +20,20 @@ PAPER_COMPRESSION = {"teacher": None, "net1": 108.3, "net2": 101.7, "net3": 83.9
 
 def compression(
     b: common.Budget,
-    nets: tuple[str, ...] = ("teacher", "net1", "net2", "net3"),
+    nets: tuple[str, ...] | None = None,
     tau: float = losses.DEFAULT_TAU,
     runs_dir: Path | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
-    """KL students of every size on every game (Rusu et al. 2016, section 5.2).
+    """KL students of the budget's sizes (`compression_nets`) on every game (Rusu et al. 2016,
+    section 5.2).
 
     Returns {"rows": per (game, net, seed), "geomean": per (net, seed) geometric mean of % of
     teacher across games, "summary": per net mean and std of that geometric mean over seeds}.
     """
     runs_dir = Path(runs_dir or paths.runs_dir())
+    nets = tuple(nets or b.compression_nets)  # the paper's sizes, in the budget's order
     common.prepare_games(b.games, b, runs_dir, progress)
     rows, teachers = [], []
     for env_id in b.games:
