@@ -46,7 +46,7 @@ def _machine() -> dict:
 
 def _teachers(b: experiments.Budget, runs_dir: Path, progress: bool) -> dict:
     """The first stage: every game's teacher (shipped or trained) and its reference scores."""
-    experiments.common.check_teachers(b.games, b)  # a missing large teacher, before all else
+    experiments.common.check_teachers(b.games, b)  # as `reproduce` does, for direct calls
     rows = []
     for env_id in b.games:
         policy = experiments.ensure_teacher(env_id, b, runs_dir, progress)
@@ -116,6 +116,7 @@ def reproduce(
     if budget_name not in SUITES[suite]:
         raise ConfigError(f"budget={budget_name!r} is not valid: choose smoke, quick or full")
     b = dataclasses.replace(SUITES[suite][budget_name], **(overrides or {}))
+    experiments.common.check_teachers(b.games, b)  # a teacher it cannot train, before all else
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = stages_for(suite, b)

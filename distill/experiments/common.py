@@ -51,7 +51,8 @@ class Budget:
     eval_episodes: int
     """episodes of every evaluation (epsilon 0.05)"""
     multitask_dqn_steps: int | None
-    """env steps of the multi-task DQN; none: as many as the single-game teachers together"""
+    """env steps of the multi-task DQN; none: as many as the single-game teachers together (on
+    Atari none only: not run there, sized for a GPU)"""
     online_teacher_steps: int
     """env steps of the teacher that trains during online distillation (0: no online stage)"""
     online_rounds: int
@@ -111,6 +112,8 @@ class Budget:
         )
         if self.multitask_dqn_steps is not None:
             positive_int("multitask_dqn_steps", self.multitask_dqn_steps)
+            atari = [g for g in self.games if not families.owner(g).in_graph]
+            require(not atari, "multitask_dqn_steps", self.multitask_dqn_steps, DQN_MINATAR)
         if self.fixed_updates is not None:
             positive_int("fixed_updates", self.fixed_updates)
             require(
@@ -148,6 +151,7 @@ class Budget:
 
 
 MULTITASK_NETS = ("teacher", "wide")  # the paper's 3-game and 10-game multi-task shapes
+DQN_MINATAR = "none on Atari: the multi-task DQN runs on MinAtar only (Atari: sized for a GPU)"
 
 
 def net_of(b: Budget, size: str) -> str:
@@ -230,8 +234,13 @@ BUDGETS = {
     ),
 }
 
-# Atari budgets: smoke runs on a CPU in the tests; quick takes about two hours on a 2-core CPU (a
-# teacher-size student 10-20 minutes there); full is sized for a GPU.
+# Atari budgets: smoke (Pong, a tiny teacher trained by the budget itself) runs on a CPU in the
+# tests; quick and full run three of the paper's games, ATARI_GAMES, from the shipped teachers
+# (refused without them: `check_teachers`): compression, the loss comparison and a three-game
+# multi-task student (`distill.multitask_atari`; no multi-task DQN on Atari, sized for a GPU).
+# Quick is sized for one long background run on a 2-core CPU (a teacher-size student 10-20
+# minutes per game there; not run at three games yet); full is sized for a GPU.
+ATARI_GAMES = ("ALE/Pong-v5", "ALE/Breakout-v5", "ALE/SpaceInvaders-v5")
 ATARI_BUDGETS = {
     "smoke": Budget(
         name="smoke",
@@ -248,7 +257,7 @@ ATARI_BUDGETS = {
     ),
     "quick": Budget(
         name="quick",
-        games=("ALE/Pong-v5",),
+        games=ATARI_GAMES,
         teacher_steps=2_000_000,
         dataset_states=100_000,
         updates=10_000,
@@ -261,7 +270,7 @@ ATARI_BUDGETS = {
     ),
     "full": Budget(
         name="full",
-        games=("ALE/Pong-v5",),
+        games=ATARI_GAMES,
         teacher_steps=2_000_000,
         dataset_states=500_000,
         updates=100_000,
@@ -301,31 +310,48 @@ def budget(name: str, **overrides) -> Budget:
 # ---------------------------------------------------------------------------- ingredients
 
 
+def trains_teachers(game: str, b: Budget) -> bool:
+    """Whether an experiment trains a missing teacher of `game` itself: small MinAtar ones
+    (minutes), Atari ones at the smoke budget only (2,000 steps, for tests). The others take
+    hours (large MinAtar) or days (Atari), jobs for `distill teacher` in the background."""
+    return b.teachers == "small" and (families.owner(game).in_graph or b.name == "smoke")
+
+
 def missing_teachers(games, b: Budget) -> list[str]:
-    """The games without a shipped teacher of the budget's size (none with small teachers:
-    those missing are trained)."""
-    if b.teachers == "small":
-        return []
+    """The games without a shipped teacher of the budget's size that the budget does not train
+    itself (`trains_teachers`)."""
     return [
         g
         for g in games
-        if not (paths.shipped_teacher(g, b.teachers) / checkpoint.MANIFEST).exists()
+        if not trains_teachers(g, b)
+        and not (paths.shipped_teacher(g, b.teachers) / checkpoint.MANIFEST).exists()
     ]
 
 
+def teacher_command(game: str, b: Budget) -> str:
+    """The `distill teacher` command that trains the budget's teacher of `game` (then shipped
+    with `distill export`, data/teachers/README.md)."""
+    name = envs.spec(game).safe_name + ("" if b.teachers == "small" else f"-{b.teachers}")
+    net = "" if b.teachers == "small" else f" --net {net_of(b, 'teacher')}"
+    return f"distill teacher --env {game}{net} --seed 0 --out runs/teachers/{name}"
+
+
 def check_teachers(games, b: Budget) -> None:
-    """Refuse (ConfigError, one line) large teachers that are not shipped: one takes hours to
-    train here, a job for `distill teacher` in the background rather than inside an experiment."""
+    """Refuse (ConfigError, one line) teachers that are not shipped and that the budget does not
+    train (`trains_teachers`), before any work, naming each game and the command that trains it."""
     from distill.config import ConfigError
 
     missing = missing_teachers(games, b)
     if missing:
-        g = missing[0]
+        size = "" if b.teachers == "small" else f"{b.teachers} "
+        where = ", ".join(paths.shown(paths.shipped_teacher(g, b.teachers)) for g in missing)
+        train = "; ".join(f"`{teacher_command(g, b)}`" for g in missing)
+        other = "--budget smoke (tiny teachers)" if b.teachers == "small" else "--teachers small"
+        it = "it" if len(missing) == 1 else "each"
         raise ConfigError(
-            f"no {b.teachers} teacher shipped for {', '.join(missing)} "
-            f"({paths.shown(paths.shipped_teacher(g, b.teachers))}): train it with `distill "
-            f"teacher --env {g} --net {net_of(b, 'teacher')} --out runs/teachers/{g}-"
-            f"{b.teachers}` and ship it (data/teachers/README.md), or use --teachers small"
+            f"no {size}teacher shipped for {', '.join(missing)} ({where}): train {it} with "
+            f"{train} and ship {it} (data/teachers/README.md), or leave the game out with "
+            f"--games, or use {other}"
         )
 
 
@@ -333,7 +359,8 @@ def ensure_teacher(
     env_id: str, b: Budget, runs_dir: Path, progress: bool = True
 ) -> checkpoint.Policy:
     """The shipped teacher of the budget's size for env_id; without one, a small teacher is
-    trained (and cached) at the budget's steps and a large one refused (`check_teachers`)."""
+    trained (and cached) at the budget's steps where the budget trains it (`trains_teachers`),
+    and refused otherwise (`check_teachers`)."""
     shipped = paths.shipped_teacher(env_id, b.teachers)
     if (shipped / checkpoint.MANIFEST).exists():
         return checkpoint.load(shipped, env_id=env_id)
