@@ -123,6 +123,9 @@ def reproduce(
     unknown = sorted(set(only or ()) - set(stages))
     if unknown:
         raise ConfigError(f"stages={unknown} not in the {suite} suite's stages {stages}")
+    for stage in stages[1:]:  # a budget a stage cannot run, before any stage runs
+        if only is None or stage in only:
+            experiments.EXPERIMENTS[stage].check(b)
     # as it reads back from JSON (tuples become lists), to compare with finished stages' keys
     key = json.loads(json.dumps({"suite": suite, "budget": dataclasses.asdict(b)}))
     results, timings = {}, {}

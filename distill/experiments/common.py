@@ -51,8 +51,8 @@ class Budget:
     eval_episodes: int
     """episodes of every evaluation (epsilon 0.05)"""
     multitask_dqn_steps: int | None
-    """env steps of the multi-task DQN; none: as many as the single-game teachers together (on
-    Atari none only: not run there, sized for a GPU)"""
+    """env steps of the multi-task DQN; none: as many as the single-game teachers together (the
+    multi-task stage refuses a number on Atari, where the DQN is not run: sized for a GPU)"""
     online_teacher_steps: int
     """env steps of the teacher that trains during online distillation (0: no online stage)"""
     online_rounds: int
@@ -112,8 +112,6 @@ class Budget:
         )
         if self.multitask_dqn_steps is not None:
             positive_int("multitask_dqn_steps", self.multitask_dqn_steps)
-            atari = [g for g in self.games if not families.owner(g).in_graph]
-            require(not atari, "multitask_dqn_steps", self.multitask_dqn_steps, DQN_MINATAR)
         if self.fixed_updates is not None:
             positive_int("fixed_updates", self.fixed_updates)
             require(
@@ -151,7 +149,6 @@ class Budget:
 
 
 MULTITASK_NETS = ("teacher", "wide")  # the paper's 3-game and 10-game multi-task shapes
-DQN_MINATAR = "none on Atari: the multi-task DQN runs on MinAtar only (Atari: sized for a GPU)"
 
 
 def net_of(b: Budget, size: str) -> str:

@@ -31,7 +31,7 @@ from distill import (
 )
 from distill import multitask as mt
 from distill.checkpoint import atomic_write_json, atomic_write_text
-from distill.config import to_dict
+from distill.config import ConfigError, to_dict
 from distill.experiments import common, paired, regimes
 from distill.experiments.registry import Experiment
 
@@ -47,6 +47,16 @@ DQN_ON_ATARI = (
     "single-game teachers together), and distill's multi-task DQN steps gymnax envs inside "
     "jax.jit, with no ale-py form yet."
 )
+
+
+def check_budget(b: common.Budget) -> None:
+    """Refuse a number of multi-task DQN steps on Atari games (`DQN_ON_ATARI`), in one line."""
+    if b.multitask_dqn_steps is not None and mt.on_host(b.games):
+        raise ConfigError(
+            f"multitask_dqn_steps={b.multitask_dqn_steps}: the multi-task DQN runs on MinAtar "
+            "only (on Atari it is sized for a GPU and has no ale-py form yet); pass "
+            "--multitask-dqn-steps none"
+        )
 
 
 def distil_multitask_students(
@@ -105,7 +115,8 @@ def multitask(
     multi-task DQN with the same architecture trained on all games jointly. The trunk is the
     budget's `multitask_net` at its teacher size (`common.net_of`). On Atari the students train
     in host loops (`multitask_atari`; `mesh` unused) and the DQN is not run (`DQN_ON_ATARI`;
-    the budget refuses `multitask_dqn_steps` there)."""
+    `multitask_dqn_steps` refused there, `check_budget`)."""
+    check_budget(b)
     runs_dir = Path(runs_dir or paths.runs_dir())
     games = tuple(b.games)
     atari = mt.on_host(games)
@@ -334,4 +345,5 @@ EXPERIMENT = Experiment(
     report_section=report_section,
     order=3,
     applies=lambda b: len(b.games) > 1,
+    check=check_budget,
 )
