@@ -5,6 +5,7 @@ heads scored on their games' paired episodes, and the experiment end to end at a
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -132,7 +133,7 @@ def test_multitask_dqn_steps_are_refused_on_atari_before_any_stage(tmp_path, cap
     assert not (tmp_path / "runs").exists() and not (tmp_path / "o" / "teachers").exists()
 
 
-@pytest.mark.long  # plays a whole Pong and Breakout game with a Nature-DQN network
+# two seeds' heads play a whole Pong and Breakout game each: 31 s under a load of 13 on 2 cores
 def test_atari_heads_are_scored_per_seed_game_and_episode():
     network = mt.build(TWO)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -169,7 +170,7 @@ def test_atari_multitask_smoke(tmp_path, monkeypatch):
     assert len(students) == 2
     monkeypatch.setattr(multitask_atari.MultiStudentJob, "advance", _no_training)
     again = md.multitask(b, runs_dir=tmp_path, progress=False)
-    assert again["rows"] == rows
+    assert json.dumps(again["rows"]) == json.dumps(rows)  # (a teacher's 0 gives nan %)
 
 
 def _no_training(*args):
