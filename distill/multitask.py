@@ -6,8 +6,10 @@ Freeway 7, Seaquest 10) and their action sets (3 to 6). One network handles all 
   in the set (a channel a game does not have is simply empty), so one trunk sees one input shape;
 - each game has its own controller head (a hidden layer and an output layer) with that game's
   number of actions; the task id picks the head, in training and in evaluation.
+Atari games (ale-py) all see uint8 `[4, 84, 84]` frame stacks and need no padding; their
+students train on the host, a program per game (`distill.multitask_atari`).
 
-Two learners use this network:
+Two learners use this network (on MinAtar; `distill.multitask_atari` distils Atari students):
 - `make_multitask_distill`: a student distilled from single-game teachers' datasets, each
   minibatch from one game (games take turns), with the NLL, MSE or KL loss;
 - `make_multitask_train`: the baseline, a multi-task DQN trained on all games jointly, each
@@ -18,6 +20,7 @@ across its devices; seeds are split by the caller (`experiments.distil_multitask
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +51,15 @@ from distill.config import ConfigError
 HEAD_HIDDEN = 128  # the paper's per-game fc2 of 128 units
 
 
+def on_host(games: Sequence[str]) -> bool:
+    """Whether the games step on the host (Atari through ale-py) rather than inside the
+    compiled program (MinAtar through gymnax); one multi-task network takes one kind."""
+    host = [not families.of(g).in_graph for g in games]
+    if any(host) != all(host):
+        raise ConfigError(f"games={list(games)}: multi-task needs games of one kind (Atari or not)")
+    return all(host)
+
+
 def padded_channels(games: Sequence[str]) -> int:
     """The channel count every game's observations are padded to."""
     shapes = [envs.spec(g).obs_shape for g in games]
@@ -65,23 +77,40 @@ def pad_obs(obs: jax.Array, channels: int) -> jax.Array:
     return jnp.pad(obs, [(0, 0)] * (obs.ndim - 1) + [(0, extra)])
 
 
-def build(games: Sequence[str], net: str = "teacher") -> networks.MultiTaskQNetwork:
+def to_input(games: Sequence[str]) -> Callable[[jax.Array], jax.Array]:
+    """A game's observations -> the trunk's input: Atari frame stacks as they are (every game's
+    are uint8 `[4, 84, 84]`), MinAtar maps zero-padded to `padded_channels(games)`."""
+    if on_host(games):
+        return lambda obs: obs
+    channels = padded_channels(games)
+    return lambda obs: pad_obs(obs, channels)
+
+
+def build(
+    games: Sequence[str], net: str = "teacher", conv_grad: str = "auto"
+) -> networks.MultiTaskQNetwork:
+    """The multi-task network of trunk `net` with a controller per game, each of that game's
+    action count (on Atari ale-py's minimal action set, as its teacher's)."""
+    on_host(games)  # one kind of game
     first = envs.spec(games[0])
     spec = families.net_spec(first.env_id, net)
     return networks.MultiTaskQNetwork(
-        spec, tuple(envs.spec(g).num_actions for g in games), HEAD_HIDDEN
+        spec, tuple(envs.spec(g).num_actions for g in games), HEAD_HIDDEN, conv_grad
     )
 
 
 def init_params(network: networks.MultiTaskQNetwork, key: jax.Array, games: Sequence[str]):
+    if on_host(games):
+        spec = envs.spec(games[0])
+        return network.init(key, jnp.zeros((1, *spec.obs_shape), spec.obs_dtype), 0)
     h, w = envs.spec(games[0]).obs_shape[:2]
     return network.init(key, jnp.zeros((1, h, w, padded_channels(games))), 0)
 
 
 def head_apply(network, games: Sequence[str], task: int) -> Callable:
     """`apply(params, obs)` for game `task`, with obs in that game's own format."""
-    channels = padded_channels(games)
-    return lambda params, obs: network.apply(params, pad_obs(obs, channels), task)
+    prepare = to_input(games)
+    return lambda params, obs: network.apply(params, prepare(obs), task)
 
 
 # ---------------------------------------------------------------------------- distillation
@@ -92,6 +121,17 @@ class MultiMetrics(NamedTuple):
     score: jax.Array  # [games] mean evaluation score per game after the block
 
 
+def sample_game(data: dict, key: jax.Array, batch_size: int, env_id: str):
+    """A uniform minibatch of one game's `[rows, envs, ...]` arrays: (obs `[batch, *obs_shape]`
+    rebuilt as its dataset stores them, teacher q `[batch, actions]`). Atari rows hold single
+    frames (stacks of 4 rebuilt, `replay.stacked`; the first 3 rows only the first stacks'
+    older frames), MinAtar rows whole maps."""
+    from distill import dataset
+
+    stack = dataset.stack_of(envs.spec(env_id))
+    return dataset.sample(data, key, batch_size, stack, stack - 1)
+
+
 class MultiParts(NamedTuple):
     """The pieces every multi-task student is built of, whatever its states' source."""
 
@@ -99,27 +139,35 @@ class MultiParts(NamedTuple):
     init: Callable  # init(key) -> StudentState
     update: Callable  # update((params, opt_state), (key, task), datas, hyper) -> (carry, loss)
     scores: Callable  # scores(params, key) -> [games] mean evaluation score of each head
+    # game_update(k)((params, opt_state), key, data, hyper) -> (carry, (loss, agreement)): one
+    # minibatch of game k alone (`data` its arrays), for host loops with a program per game
+    game_update: Callable
 
 
 def make_multitask_parts(
     config: student.StudentConfig,
     games: Sequence[str],
     mesh: jax.sharding.Mesh | None = None,
+    conv_grad: str = "auto",
 ) -> MultiParts:
     """A multi-task student's network, init, one update and evaluation (pure).
 
     `update` trains on one minibatch of game `task` from `datas[task]` (a tuple, one per game,
-    of `Dataset.arrays()` or any `[rows, envs, ...]` dict of obs and q); `scores` evaluates each
-    head in its own env over `config.eval_episodes` episodes.
+    of `Dataset.arrays()` or any `[rows, envs, ...]` dict of obs and q); each game's minibatch
+    rebuilds its observations as its dataset stores them (Atari: `[4, 84, 84]` stacks from
+    single frames, `replay.stacked`; MinAtar: whole maps). `scores` evaluates each head in its
+    own env over `config.eval_episodes` episodes (in-graph games only: Atari heads score nan
+    here and are scored on the host, `experiments.multitask_distillation.heads_scores`).
     """
     sharding.check_batch(config.batch_size, mesh)
     games = tuple(games)
-    network = build(games, config.net)
+    network = build(games, config.net, conv_grad)
     optimizer = student.make_optimizer(config)
-    channels = padded_channels(games)
+    prepare = to_input(games)
     evaluators = [
         evaluate.make_gymnax_evaluator(g, head_apply(network, games, k), config.eval_episodes)
         for k, g in enumerate(games)
+        if families.of(g).in_graph
     ]
 
     def init(key):
@@ -127,32 +175,40 @@ def make_multitask_parts(
         params = init_params(network, k_net, games)
         return student.StudentState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
-    # one distillation gradient per game: its controller head on its padded observations
+    # one distillation gradient per game: its controller head on its (padded) observations
     grads = [
-        distillation.make_grad(
-            config.loss, lambda p, o, k=k: network.apply(p, pad_obs(o, channels), k)
-        )
+        distillation.make_grad(config.loss, lambda p, o, k=k: network.apply(p, prepare(o), k))
         for k in range(len(games))
     ]
 
-    def game_grad(k: int, params, key, datas, hyper):
-        from distill import dataset
+    def game_grad(k: int, params, key, data, hyper):
+        batch = sample_game(data, key, config.batch_size, games[k])
+        obs, teacher_q = sharding.constrain_batch(batch, mesh)
+        return grads[k](params, obs, teacher_q, hyper)
 
-        obs, teacher_q = sharding.constrain_batch(
-            dataset.sample(datas[k], key, config.batch_size, 1, 0), mesh
-        )
-        (loss, _), g = grads[k](params, obs, teacher_q, hyper)
+    def branch(k: int, params, key, datas, hyper):  # game k's loss and gradient
+        (loss, _), g = game_grad(k, params, key, datas[k], hyper)
         return loss, g
 
     def update(carry, x, datas, hyper):
         params, opt_state = carry
         key, task = x
-        branches = [(lambda p, k_, d, h, k=k: game_grad(k, p, k_, d, h)) for k in range(len(games))]
+        branches = [functools.partial(branch, k) for k in range(len(games))]
         loss, g = jax.lax.switch(task, branches, params, key, datas, hyper)
         params, opt_state = distillation.apply_gradients(optimizer, params, opt_state, g)
         return (params, opt_state), loss
 
+    def game_update(k: int) -> Callable:
+        def update_k(carry, key, data, hyper):
+            params, opt_state = carry
+            metrics, g = game_grad(k, params, key, data, hyper)
+            return distillation.apply_gradients(optimizer, params, opt_state, g), metrics
+
+        return update_k
+
     def scores(params, key):
+        if not evaluators:  # host games
+            return jnp.full((len(games),), jnp.nan, jnp.float32)
         eps = jnp.float32(evaluate.EVAL_EPSILON)
         return jnp.stack(
             [
@@ -161,7 +217,7 @@ def make_multitask_parts(
             ]
         )
 
-    return MultiParts(network, init, update, scores)
+    return MultiParts(network, init, update, scores, game_update)
 
 
 def make_multitask_distill(
@@ -229,7 +285,7 @@ def make_multitask_train(
     games = tuple(games)
     k_games = len(games)
     network = build(games, config.net)
-    channels = padded_channels(games)
+    prepare = to_input(games)
     gym = [envs.make(g) for g in games]
     optimizer = teacher.make_optimizer(config)
     n = config.num_envs
@@ -238,7 +294,7 @@ def make_multitask_train(
     learning_starts_iter = config.learning_starts // (n * k_games)
 
     def apply_k(k):
-        return lambda p, obs: network.apply(p, pad_obs(obs, channels), k)
+        return lambda p, obs: network.apply(p, prepare(obs), k)
 
     def init(key):
         k_net, key, *k_env = jax.random.split(key, 2 + k_games)
@@ -441,11 +497,3 @@ def train_in_chunks(
     size = chunk_size(iterations, chunks)
     job = ChunksJob(run, state, iterations, games, size, identity, checkpoint_every_s, mesh)
     return jobs.run(job, folder, resume=True, progress=progress)
-
-
-def evaluate_heads(network, params, games: Sequence[str], episodes: int, seed: int = 0):
-    """Per-game evaluation scores of a multi-task network (head k in game k)."""
-    return [
-        evaluate.evaluate_gymnax(head_apply(network, games, k), params, g, episodes, seed=seed)
-        for k, g in enumerate(games)
-    ]

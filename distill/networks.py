@@ -302,15 +302,17 @@ class MultiTaskQNetwork(nn.Module):
     Head k is a hidden layer of `head_hidden` units and an output of `num_actions[k]` units.
     `__call__(obs, task)` with a Python int `task` returns `[batch, num_actions[task]]`; the
     task id is static, so a mixed-task training loop selects heads with `jax.lax.switch`.
-    All heads are created at `init` whatever task is passed.
+    All heads are created at `init` whatever task is passed. `conv_grad` as `QNetwork`'s (it
+    changes speed only: 'native' for Atari students updated one step per compiled call).
     """
 
     spec: NetSpec
     num_actions: tuple[int, ...]
     head_hidden: int = 128
+    conv_grad: str = "auto"
 
     def setup(self) -> None:
-        self.trunk = Torso(self.spec)
+        self.trunk = Torso(self.spec, self.conv_grad)
         self.head_hidden_layers = [nn.Dense(self.head_hidden) for _ in self.num_actions]
         self.controllers = [nn.Dense(a) for a in self.num_actions]
 

@@ -214,7 +214,7 @@ def compression_figure(result: dict):
 def multitask_figure(result: dict):
     """% of each single-game teacher, one bar per method: per game (mean over seeds), then the
     geometric mean across games."""
-    methods = ("multi-dqn", "distilled-nll", "distilled-kl")
+    methods = [s["method"] for s in result["summary"]]  # Atari runs no multi-task DQN
     games = [t["game"] for t in result["teachers"]]
     geo = {s["method"]: s["geomean_percent_mean"] for s in result["summary"]}
     labels = [g.replace("-MinAtar", "") for g in games] + ["geometric mean"]

@@ -47,7 +47,7 @@ def _machine() -> dict:
 
 def _teachers(b: experiments.Budget, runs_dir: Path, progress: bool) -> dict:
     """The first stage: every game's teacher (shipped or trained) and its reference scores."""
-    experiments.common.check_teachers(b.games, b)  # a missing large teacher, before all else
+    experiments.common.check_teachers(b.games, b)  # as `reproduce` does, for direct calls
     rows = []
     for env_id in b.games:
         policy = experiments.ensure_teacher(env_id, b, runs_dir, progress)
@@ -172,12 +172,16 @@ def reproduce(
     if budget_name not in SUITES[suite]:
         raise ConfigError(f"budget={budget_name!r} is not valid: choose smoke, quick or full")
     b = dataclasses.replace(SUITES[suite][budget_name], **(overrides or {}))
+    experiments.common.check_teachers(b.games, b)  # a teacher it cannot train, before all else
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = stages_for(suite, b)
     unknown = sorted(set(only or ()) - set(stages))
     if unknown:
         raise ConfigError(f"stages={unknown} not in the {suite} suite's stages {stages}")
+    for stage in stages[1:]:  # a budget a stage cannot run, before any stage runs
+        if only is None or stage in only:
+            experiments.EXPERIMENTS[stage].check(b)
     # as it reads back from JSON (tuples become lists), to compare with finished stages' keys
     key = json.loads(json.dumps({"suite": suite, "budget": dataclasses.asdict(b)}))
     results, timings, cpu = {}, {}, {}

@@ -168,8 +168,15 @@ def test_stages_come_from_the_registry():
             "online",
             "regimes",
         ]
-    for name in ("smoke", "quick", "full"):
-        assert reproduce.stages_for("atari", atari[name]) == ["teachers", "compression", "losses"]
+    # Atari: smoke plays Pong alone; quick and full three games, hence a multi-task stage
+    assert reproduce.stages_for("atari", atari["smoke"]) == ["teachers", "compression", "losses"]
+    for name in ("quick", "full"):
+        assert reproduce.stages_for("atari", atari[name]) == [
+            "teachers",
+            "compression",
+            "losses",
+            "multitask",
+        ]
     assert reproduce.STAGE_ORDER[0] == "teachers"
     assert list(reproduce.STAGE_ORDER[1:]) == list(experiments.EXPERIMENTS)
 

@@ -1,5 +1,5 @@
-"""What every experiment shares: budgets, its ingredients (teachers, datasets, reference scores)
-and the scores and summaries it reports.
+"""What every experiment shares: budgets and its ingredients (teachers, datasets, reference
+scores); the scores and summaries it reports are in `scores` (also importable from here).
 
 Each experiment takes a `Budget` (how many states, updates, seeds, episodes) so the same code runs
 as a smoke test, a quick look or a full reproduction. Across hosts (`jax.distributed`) each
@@ -9,7 +9,6 @@ process makes its share of the teachers and datasets first (`prepare_games`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import jax
@@ -17,6 +16,15 @@ import numpy as np
 
 from distill import checkpoint, dataset, envs, families, paths, sharding, student, teacher
 from distill.experiments import paired
+from distill.experiments.scores import (  # noqa: F401 (experiments read them from here)
+    geometric_mean,
+    paired_row,
+    percent_of_teacher,
+    random_normalised,
+    scored,
+    summarise,
+    summary_columns,
+)
 
 # ---------------------------------------------------------------------------- budgets
 
@@ -43,7 +51,8 @@ class Budget:
     eval_episodes: int
     """episodes of every evaluation (epsilon 0.05)"""
     multitask_dqn_steps: int | None
-    """env steps of the multi-task DQN; none: as many as the single-game teachers together"""
+    """env steps of the multi-task DQN; none: as many as the single-game teachers together (the
+    multi-task stage refuses a number on Atari, where the DQN is not run: sized for a GPU)"""
     online_teacher_steps: int
     """env steps of the teacher that trains during online distillation (0: no online stage)"""
     online_rounds: int
@@ -241,8 +250,13 @@ BUDGETS = {
     ),
 }
 
-# Atari budgets: smoke runs on a CPU in the tests; quick takes about two hours on a 2-core CPU (a
-# teacher-size student 10-20 minutes there); full is sized for a GPU.
+# Atari budgets: smoke (Pong, a tiny teacher trained by the budget itself) runs on a CPU in the
+# tests; quick and full run three of the paper's games, ATARI_GAMES, from the shipped teachers
+# (refused without them: `check_teachers`): compression, the loss comparison and a three-game
+# multi-task student (`distill.multitask_atari`; no multi-task DQN on Atari, sized for a GPU).
+# Quick is sized for one long background run on a 2-core CPU (a teacher-size student 10-20
+# minutes per game there; not run at three games yet); full is sized for a GPU.
+ATARI_GAMES = ("ALE/Pong-v5", "ALE/Breakout-v5", "ALE/SpaceInvaders-v5")
 ATARI_BUDGETS = {
     "smoke": Budget(
         name="smoke",
@@ -259,7 +273,7 @@ ATARI_BUDGETS = {
     ),
     "quick": Budget(
         name="quick",
-        games=("ALE/Pong-v5",),
+        games=ATARI_GAMES,
         teacher_steps=2_000_000,
         dataset_states=100_000,
         updates=10_000,
@@ -272,7 +286,7 @@ ATARI_BUDGETS = {
     ),
     "full": Budget(
         name="full",
-        games=("ALE/Pong-v5",),
+        games=ATARI_GAMES,
         teacher_steps=2_000_000,
         dataset_states=500_000,
         updates=100_000,
@@ -312,31 +326,48 @@ def budget(name: str, **overrides) -> Budget:
 # ---------------------------------------------------------------------------- ingredients
 
 
+def trains_teachers(game: str, b: Budget) -> bool:
+    """Whether an experiment trains a missing teacher of `game` itself: small MinAtar ones
+    (minutes), Atari ones at the smoke budget only (2,000 steps, for tests). The others take
+    hours (large MinAtar) or days (Atari), jobs for `distill teacher` in the background."""
+    return b.teachers == "small" and (families.owner(game).in_graph or b.name == "smoke")
+
+
 def missing_teachers(games, b: Budget) -> list[str]:
-    """The games without a shipped teacher of the budget's size (none with small teachers:
-    those missing are trained)."""
-    if b.teachers == "small":
-        return []
+    """The games without a shipped teacher of the budget's size that the budget does not train
+    itself (`trains_teachers`)."""
     return [
         g
         for g in games
-        if not (paths.shipped_teacher(g, b.teachers) / checkpoint.MANIFEST).exists()
+        if not trains_teachers(g, b)
+        and not (paths.shipped_teacher(g, b.teachers) / checkpoint.MANIFEST).exists()
     ]
 
 
+def teacher_command(game: str, b: Budget) -> str:
+    """The `distill teacher` command that trains the budget's teacher of `game` (then shipped
+    with `distill export`, data/teachers/README.md)."""
+    name = envs.spec(game).safe_name + ("" if b.teachers == "small" else f"-{b.teachers}")
+    net = "" if b.teachers == "small" else f" --net {net_of(b, 'teacher')}"
+    return f"distill teacher --env {game}{net} --seed 0 --out runs/teachers/{name}"
+
+
 def check_teachers(games, b: Budget) -> None:
-    """Refuse (ConfigError, one line) large teachers that are not shipped: one takes hours to
-    train here, a job for `distill teacher` in the background rather than inside an experiment."""
+    """Refuse (ConfigError, one line) teachers that are not shipped and that the budget does not
+    train (`trains_teachers`), before any work, naming each game and the command that trains it."""
     from distill.config import ConfigError
 
     missing = missing_teachers(games, b)
     if missing:
-        g = missing[0]
+        size = "" if b.teachers == "small" else f"{b.teachers} "
+        where = ", ".join(paths.shown(paths.shipped_teacher(g, b.teachers)) for g in missing)
+        train = "; ".join(f"`{teacher_command(g, b)}`" for g in missing)
+        other = "--budget smoke (tiny teachers)" if b.teachers == "small" else "--teachers small"
+        it = "it" if len(missing) == 1 else "each"
         raise ConfigError(
-            f"no {b.teachers} teacher shipped for {', '.join(missing)} "
-            f"({paths.shown(paths.shipped_teacher(g, b.teachers))}): train it with `distill "
-            f"teacher --env {g} --net {net_of(b, 'teacher')} --out runs/teachers/{g}-"
-            f"{b.teachers}` and ship it (data/teachers/README.md), or use --teachers small"
+            f"no {size}teacher shipped for {', '.join(missing)} ({where}): train {it} with "
+            f"{train} and ship {it} (data/teachers/README.md), or leave the game out with "
+            f"--games, or use {other}"
         )
 
 
@@ -344,7 +375,8 @@ def ensure_teacher(
     env_id: str, b: Budget, runs_dir: Path, progress: bool = True
 ) -> checkpoint.Policy:
     """The shipped teacher of the budget's size for env_id; without one, a small teacher is
-    trained (and cached) at the budget's steps and a large one refused (`check_teachers`)."""
+    trained (and cached) at the budget's steps where the budget trains it (`trains_teachers`),
+    and refused otherwise (`check_teachers`)."""
     shipped = paths.shipped_teacher(env_id, b.teachers)
     if (shipped / checkpoint.MANIFEST).exists():
         return checkpoint.load(shipped, env_id=env_id)
@@ -443,74 +475,3 @@ def game_inputs(
             **paired.reference_columns(reference),
         },
     )
-
-
-# ---------------------------------------------------------------------------- scores
-
-
-def percent_of_teacher(score: float, teacher_score: float) -> float:
-    return 100.0 * score / teacher_score if teacher_score else float("nan")
-
-
-def random_normalised(score: float, teacher_score: float, random_score: float) -> float:
-    gap = teacher_score - random_score
-    return (score - random_score) / gap if gap else float("nan")
-
-
-def geometric_mean(values) -> float:
-    v = np.asarray(list(values), dtype=float)
-    if v.size == 0 or (v <= 0).any() or not np.isfinite(v).all():
-        return float("nan")
-    return float(math.exp(np.mean(np.log(v))))
-
-
-def scored(score: float, teacher_score: float, random_score: float) -> dict:
-    """A result row's score columns: the score, its references and both normalisations."""
-    return {
-        "score": score,
-        "teacher_score": teacher_score,
-        "random_score": random_score,
-        "percent_of_teacher": percent_of_teacher(score, teacher_score),
-        "random_normalised": random_normalised(score, teacher_score, random_score),
-    }
-
-
-def paired_row(episode_scores, reference: dict) -> dict:
-    """A student's score columns (`scored`) from its `[episodes]` scores on the paired episodes
-    and its game's reference row, with the per-episode scores of both kept."""
-    episodes = [float(x) for x in episode_scores]
-    return {
-        **scored(float(np.mean(episodes)), reference["teacher_score"], reference["random_score"]),
-        "eval_seed": reference["eval_seed"],
-        "episode_scores": episodes,
-        "teacher_episode_scores": reference["teacher_episode_scores"],
-    }
-
-
-def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
-    """Mean and std over seeds of % of teacher and random-normalised score, grouped by `by`."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r[k] for k in by), []).append(r)
-    out = []
-    for key, rs in groups.items():
-        pct = np.array([r["percent_of_teacher"] for r in rs])
-        norm = np.array([r["random_normalised"] for r in rs])
-        out.append(
-            {
-                **dict(zip(by, key, strict=True)),
-                "seeds": len(rs),
-                "score_mean": float(np.mean([r["score"] for r in rs])),
-                "percent_mean": float(np.mean(pct)),
-                "percent_std": float(np.std(pct)),
-                "normalised_mean": float(np.mean(norm)),
-                "normalised_std": float(np.std(norm)),
-            }
-        )
-    return out
-
-
-def summary_columns(by: tuple[str, ...]) -> list[str]:
-    """The columns of a `summarise` table, in reading order."""
-    stats = ("score_mean", "percent_mean", "percent_std", "normalised_mean", "normalised_std")
-    return [*by, "seeds", *stats]

@@ -1,6 +1,10 @@
 """Multi-task distillation (Rusu et al. 2016, section 5.3): one student for every game, with a
 shared trunk and one controller head per game, against a multi-task DQN of the same architecture
-trained on all games jointly."""
+trained on all games jointly.
+
+On MinAtar the students train side by side in one compiled program (`multitask`) and the DQN
+in chunks of one; on Atari each student trains in a host loop (`distill.multitask_atari`, the
+paper's 3-game network) and the multi-task DQN is not run (`DQN_ON_ATARI`)."""
 
 from __future__ import annotations
 
@@ -13,10 +17,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import losses, networks, paths, report, sharding, student, teacher, xla
+from distill import (
+    envs,
+    losses,
+    multitask_atari,
+    networks,
+    paths,
+    report,
+    sharding,
+    student,
+    teacher,
+    xla,
+)
 from distill import multitask as mt
 from distill.checkpoint import atomic_write_json, atomic_write_text
-from distill.config import to_dict
+from distill.config import ConfigError, to_dict
 from distill.experiments import common, paired, regimes
 from distill.experiments.registry import Experiment
 
@@ -25,6 +40,23 @@ PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 11
 # and its 10-game distilled net (the wide trunk), about 89.3 % (PAPER.md: a secondary source)
 PAPER_MULTITASK_10 = {"distilled-kl": 89.3}
 METHODS = ("multi-dqn", "distilled-nll", "distilled-kl")
+# distill's multi-task DQN steps gymnax envs inside one compiled program; an Atari form (ale-py
+# on the host, about as many env steps as the three teachers, 3 x 2M) is sized for a GPU
+DQN_ON_ATARI = (
+    "The multi-task DQN is not run on Atari: sized for a GPU (about as many env steps as the "
+    "single-game teachers together), and distill's multi-task DQN steps gymnax envs inside "
+    "jax.jit, with no ale-py form yet."
+)
+
+
+def check_budget(b: common.Budget) -> None:
+    """Refuse a number of multi-task DQN steps on Atari games (`DQN_ON_ATARI`), in one line."""
+    if b.multitask_dqn_steps is not None and mt.on_host(b.games):
+        raise ConfigError(
+            f"multitask_dqn_steps={b.multitask_dqn_steps}: the multi-task DQN runs on MinAtar "
+            "only (on Atari it is sized for a GPU and has no ale-py form yet); pass "
+            "--multitask-dqn-steps none"
+        )
 
 
 def distil_multitask_students(
@@ -81,17 +113,21 @@ def multitask(
 ) -> dict:
     """One multi-task student distilled from every game's teacher (NLL and KL), against a
     multi-task DQN with the same architecture trained on all games jointly. The trunk is the
-    budget's `multitask_net` at its teacher size (`common.net_of`)."""
+    budget's `multitask_net` at its teacher size (`common.net_of`). On Atari the students train
+    in host loops (`multitask_atari`; `mesh` unused) and the DQN is not run (`DQN_ON_ATARI`;
+    `multitask_dqn_steps` refused there, `check_budget`)."""
+    check_budget(b)
     runs_dir = Path(runs_dir or paths.runs_dir())
     games = tuple(b.games)
+    atari = mt.on_host(games)
     trunk = common.net_of(b, b.multitask_net)
     common.prepare_games(games, b, runs_dir, progress)
-    teachers, datas, teacher_steps, policies = [], [], 0, []
+    teachers, sets, teacher_steps, policies = [], [], 0, []
     for env_id in games:
         policy, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
         policies.append(policy)
-        datas.append(data.arrays())
+        sets.append(data)
         teacher_steps += int(policy.manifest.get("env_steps", b.teacher_steps))
     rows = []
 
@@ -116,32 +152,38 @@ def multitask(
             eval_every=b.eval_every * len(games),
             eval_episodes=b.eval_episodes,
         )
-        if b.regime == "offline":
-            params, _ = distil_multitask_students(config, games, tuple(datas), b.seeds, mesh)
+        if atari:  # a host loop per seed, cached in OUT/students/ (resumable)
+            cache = runs_dir / "students"
+            params = multitask_atari.distil_seeds(config, sets, b.seeds, cache, progress)
+        elif b.regime == "offline":
+            arrays = tuple(d.arrays() for d in sets)
+            params, _ = distil_multitask_students(config, games, arrays, b.seeds, mesh)
         else:  # stream or dagger (issue 18): the teachers in the loop, a buffer per game
             params = regimes.multitask_students(config, policies, b, runs_dir, progress)
         network = mt.build(games, config.net)
         add_rows(f"distilled-{loss}", heads_scores(network, params, games, b.eval_episodes))
-    dqn_steps = b.multitask_dqn_steps or teacher_steps
-    scores = np.stack(
-        [
-            multitask_dqn_scores(
-                games, dqn_steps, b.eval_episodes, runs_dir, progress, mesh, net=trunk, seed=s
-            )
-            for s in range(b.multitask_dqn_seeds)
-        ]
-    )
-    add_rows("multi-dqn", scores)
+    dqn_steps = None if atari else b.multitask_dqn_steps or teacher_steps
+    if dqn_steps is not None:
+        scores = np.stack(
+            [
+                multitask_dqn_scores(
+                    games, dqn_steps, b.eval_episodes, runs_dir, progress, mesh, net=trunk, seed=s
+                )
+                for s in range(b.multitask_dqn_seeds)
+            ]
+        )
+        add_rows("multi-dqn", scores)
     return {
         "rows": rows,
         "summary": multitask_summary(rows),
         "teachers": teachers,
         "multitask_dqn_steps": dqn_steps,
         "multitask_dqn_seeds": b.multitask_dqn_seeds,
-        "channels_padded_to": mt.padded_channels(games),
+        "channels_padded_to": None if atari else mt.padded_channels(games),
         "net": trunk,
         "layers": network.spec.describe(),
         "params": multitask_params(games, trunk),
+        "actions": [envs.spec(g).num_actions for g in games],
         "budget": dataclasses.asdict(b),
     }
 
@@ -188,11 +230,16 @@ def multitask_params(games: tuple[str, ...], net: str) -> int:
     return networks.count_params(shapes)
 
 
+def methods_of(rows: list[dict]) -> list[str]:
+    """The methods that have rows, in METHODS order (Atari has no multi-task DQN)."""
+    return [m for m in METHODS if any(r["method"] == m for r in rows)]
+
+
 def multitask_summary(rows: list[dict]) -> list[dict]:
     """Per method: mean and std over seeds of the geometric mean across games of % of teacher,
     beside the paper's 3-game figure."""
     summary = []
-    for method in METHODS:
+    for method in methods_of(rows):
         seeds = sorted({r["seed"] for r in rows if r["method"] == method})
         geo = [
             common.geometric_mean(
@@ -217,7 +264,7 @@ def multitask_table(result: dict) -> list[dict]:
     out = []
     for t in result["teachers"]:
         row = {"game": t["game"]}
-        for m in METHODS:
+        for m in methods_of(result["rows"]):
             vals = [
                 r["percent_of_teacher"]
                 for r in result["rows"]
@@ -251,6 +298,33 @@ def console_table(result: dict) -> str:
     return report.markdown_table(multitask_table(result))
 
 
+def inputs_note(r: dict) -> str:
+    """What the trunk sees and the heads output, in words: MinAtar's padding, Atari's action
+    sets (the paper's parameter count fits 12 actions in all; `multitask_atari`)."""
+    if r.get("channels_padded_to") is not None:
+        return f"observations zero-padded to {r['channels_padded_to']} channels"
+    actions = r.get("actions") or []
+    sets = ", ".join(f"{g} {a}" for g, a in zip(_games(r), actions, strict=True))
+    return (
+        f"observations are each game's stacks of 4 84x84 frames; controllers of ale-py's minimal "
+        f"action sets, as the teachers' ({sets}: {sum(actions)} actions; the paper's 3-game net "
+        "has 1,882,668 parameters, 12 actions in all)"
+    )
+
+
+def _games(r: dict) -> list[str]:
+    return [t["game"] for t in r["teachers"]]
+
+
+def dqn_note(r: dict) -> str:
+    if r["multitask_dqn_steps"] is None:
+        return DQN_ON_ATARI
+    return (
+        f"The multi-task DQN has the same network and trained for {r['multitask_dqn_steps']:,} "
+        f"env steps over all games ({_runs(r.get('multitask_dqn_seeds', 1))})."
+    )
+
+
 def report_section(result: dict) -> list[str]:
     r = result
     shape = (
@@ -263,10 +337,7 @@ def report_section(result: dict) -> list[str]:
         "## Multi-task distillation",
         "",
         f"One network for {len(r['teachers'])} games: a shared trunk{shape}, one controller "
-        f"head per game; observations zero-padded to {r['channels_padded_to']} channels. The "
-        f"multi-task DQN has the same network and trained for {r['multitask_dqn_steps']:,} "
-        f"env steps over all games ({_runs(r.get('multitask_dqn_seeds', 1))}). "
-        + common.teachers_note(r["budget"]),
+        f"head per game; {inputs_note(r)}. {dqn_note(r)} " + common.teachers_note(r["budget"]),
         "",
         report.markdown_table(multitask_table(r)),
         "",
@@ -288,4 +359,5 @@ EXPERIMENT = Experiment(
     report_section=report_section,
     order=3,
     applies=lambda b: len(b.games) > 1,
+    check=check_budget,
 )

@@ -33,6 +33,9 @@ class Experiment:
     order: int  # its place among the stages of a reproduction, and in `--help`
     suites: tuple[str, ...] = ("minatar", "atari")  # the `distill reproduce` suites that run it
     applies: Callable[[Budget], bool] = lambda b: True  # whether a suite's budget runs it
+    # refuses (ConfigError) a budget it cannot run; `distill reproduce` asks every stage it will
+    # run before the first starts, and `run` itself asks first
+    check: Callable[[Budget], None] = lambda b: None
     mesh_axes: tuple[str, ...] = ("seeds", "data")  # the `--mesh` axes it splits; () none
 
 
