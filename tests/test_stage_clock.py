@@ -13,15 +13,15 @@ def test_stage_clock_sums_sessions_and_writes_while_running(tmp_path):
     with reproduce.StageClock(tmp_path, every=0.02) as clock:
         time.sleep(0.1)
         running = json.loads((tmp_path / "clock.json").read_text())
-        assert 0.0 <= running["wall_s"] <= 0.2 and running["sessions"] == 1  # written meanwhile
+        assert 0.0 <= running["wall_s"] < 5.0 and running["sessions"] == 1  # written meanwhile
     first = clock.totals()
     assert first["wall_s"] >= 0.1 and first["cpu_s"] >= 0.0
     # a second session (the first one killed and the stage resumed) starts from the first's total
     with reproduce.StageClock(tmp_path, every=0.02) as again:
-        time.sleep(0.05)
+        time.sleep(0.3)
     second = again.totals()
     assert second["sessions"] == 2
-    assert second["wall_s"] >= first["wall_s"] + 0.05
+    assert second["wall_s"] >= first["wall_s"] + 0.2  # 0.3 s more, less two roundings to 0.1 s
     assert json.loads((tmp_path / "clock.json").read_text()) == second
 
 
