@@ -99,7 +99,8 @@ def multitask_bars(result: dict, title: str = ""):
     labels = [_short(g) for g in games] + ["geometric\nmean"]
     fig, ax = plt.subplots(figsize=(8.5, 3.6))
     x = np.arange(len(labels))
-    for i, m in enumerate(METHODS):
+    methods = [m for m in METHODS if any(r["method"] == m for r in result["rows"])]
+    for i, m in enumerate(methods):  # Atari has no multi-task DQN
         per_game = [
             [r["percent_of_teacher"] for r in result["rows"] if r["method"] == m and r["game"] == g]
             for g in games

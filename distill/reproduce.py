@@ -7,8 +7,10 @@ long steps inside a stage (teachers, datasets) resume from their own checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import platform
 import threading
 import time
@@ -79,10 +81,34 @@ def _run_stage(
     return result
 
 
-def _same_key(done: dict | None, key: dict) -> bool:
-    """A finished stage's key against this run's: the same suite and budget, where a budget
-    field the finished stage's version did not have yet counts at its default (fields added
-    later, such as `regime` or `teachers`, leave an older run's finished stages valid)."""
+# budget fields added after runs were written, at the value those runs had where it is not the
+# field's default (the full budget's multi-task DQN had one run before it had 3)
+BEFORE_FIELD = {"multitask_dqn_seeds": 1}
+# budget fields that one stage alone reads: the other stages' finished results stay valid when
+# they change (`--multitask-dqn-seeds 3` reruns the multi-task stage, not the loss comparison)
+STAGE_FIELDS = {
+    "compression": ("compression_nets",),
+    "multitask": ("multitask_dqn_steps", "multitask_dqn_seeds", "multitask_net"),
+    "online": (
+        "online_teacher_steps",
+        "online_rounds",
+        "online_rows_per_round",
+        "online_window_rounds",
+    ),
+}
+
+
+def _stage_view(budget: dict, stage: str) -> dict:
+    """The budget's fields that `stage` reads (all but those of other stages, `STAGE_FIELDS`)."""
+    others = {f for s, fields in STAGE_FIELDS.items() if s != stage for f in fields}
+    return {k: v for k, v in budget.items() if k not in others}
+
+
+def _same_key(done: dict | None, key: dict, stage: str) -> bool:
+    """A finished stage's key against this run's: the same suite and the same budget fields
+    that the stage reads (`_stage_view`), where a field the finished stage's version did not
+    have yet counts at the value runs had before it existed (`BEFORE_FIELD`, else its default):
+    fields added later, such as `regime` or `teachers`, leave an older run's stages valid."""
     if not isinstance(done, dict) or not isinstance(done.get("budget"), dict):
         return False
     defaults = {
@@ -90,23 +116,26 @@ def _same_key(done: dict | None, key: dict) -> bool:
         for f in dataclasses.fields(experiments.Budget)
         if f.default is not dataclasses.MISSING
     }
-    filled = json.loads(json.dumps({**defaults, **done["budget"]}))
-    return done.get("suite") == key["suite"] and filled == key["budget"]
+    filled = json.loads(json.dumps({**defaults, **BEFORE_FIELD, **done["budget"]}))
+    return done.get("suite") == key["suite"] and _stage_view(filled, stage) == _stage_view(
+        key["budget"], stage
+    )
 
 
 class StageClock:
     """A stage's wall and CPU seconds summed over every session that ran it: `OUT/<stage>/
     clock.json`, rewritten every `every` seconds while the stage runs, so that a stage
     interrupted (a session ending kills its processes) and resumed still reports its whole time.
+    A clock written for another key (the stage run again with another budget) starts from zero.
     CPU seconds count this process's threads; beside the wall time they show how much of the
     machine the stage had (other jobs running at the same time make the wall time longer)."""
 
-    def __init__(self, folder: Path, every: float = 30.0):
-        self.path, self.every = folder / "clock.json", every
-        before = _read_clock(self.path)
+    def __init__(self, folder: Path, key: dict | None = None, every: float = 30.0):
+        self.path, self.key, self.every = folder / "clock.json", key, every
+        before = _read_clock(self.path, key)
         self.wall_before, self.cpu_before = before["wall_s"], before["cpu_s"]
         self.sessions = before["sessions"] + 1
-        self._stop = threading.Event()
+        self._stop, self._final = threading.Event(), None
 
     def __enter__(self) -> StageClock:
         self.t0, self.c0 = time.perf_counter(), time.process_time()
@@ -118,13 +147,22 @@ class StageClock:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.write()
+        self._final = self.totals()  # what the file and the stage's marker both record
+        try:
+            self.write()
+        except OSError:
+            if exc[0] is None:  # the stage's own error, if any, is the one to see
+                raise
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
-            self.write()
+            # disk full for a moment: the next tick or the exit writes again
+            with contextlib.suppress(OSError):
+                self.write()
 
     def totals(self) -> dict:
+        if self._final is not None:
+            return self._final
         return {
             "wall_s": round(self.wall_before + time.perf_counter() - self.t0, 1),
             "cpu_s": round(self.cpu_before + time.process_time() - self.c0, 1),
@@ -133,20 +171,28 @@ class StageClock:
 
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(self.path, self.totals())
+        checkpoint.atomic_write_json(self.path, {**self.totals(), "key": self.key})
 
 
-def _read_clock(path: Path) -> dict:
-    """A stage clock's totals so far (zero where none was written; a damaged one is refused)."""
+def _read_clock(path: Path, key: dict | None = None) -> dict:
+    """A stage clock's totals so far: zero where none was written or it was written for another
+    key; a damaged one is refused by name."""
+    zero = {"wall_s": 0.0, "cpu_s": 0.0, "sessions": 0}
     if not path.exists():
-        return {"wall_s": 0.0, "cpu_s": 0.0, "sessions": 0}
+        return zero
     try:
         clock = json.loads(path.read_text())
-        return {k: type(v)(clock[k]) for k, v in (("wall_s", 0.0), ("cpu_s", 0.0), ("sessions", 0))}
+        totals = {k: float(clock[k]) for k in ("wall_s", "cpu_s")}
+        totals["sessions"] = clock["sessions"]
+        ok = all(math.isfinite(v) and v >= 0 for v in totals.values())
+        if not ok or not isinstance(clock["sessions"], int) or clock["sessions"] < 0:
+            raise ValueError(f"totals {totals} are not counts of seconds and sessions")
     except (ValueError, KeyError, TypeError) as e:
         raise checkpoint.CheckpointError(
             f"{path} is damaged ({e}); delete it to restart the stage's clock"
         ) from None
+    # the first clocks had no key: they count for the run they sit in
+    return totals if clock.get("key", key) == key else zero
 
 
 def reproduce(
@@ -201,7 +247,7 @@ def reproduce(
         marker = out / stage / "stage.json"
         if marker.exists():
             done = json.loads(marker.read_text())
-            if _same_key(done.get("key"), key) and done.get("status") == "complete":
+            if _same_key(done.get("key"), key, stage) and done.get("status") == "complete":
                 print(f"[{i}/{len(stages)}] {stage}: finished before, skipped", flush=True)
                 results[stage], timings[stage] = done["result"], done["wall_s"]
                 if "cpu_s" in done:
@@ -212,7 +258,7 @@ def reproduce(
             print(f"[{i}/{len(stages)}] {stage}: not asked for, left", flush=True)
             continue
         print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
-        with StageClock(out / stage) as clock:
+        with StageClock(out / stage, key) as clock:
             result = _run_stage(stage, b, out, progress, mesh)
         spent = clock.totals()
         timings[stage], cpu[stage], results[stage] = spent["wall_s"], spent["cpu_s"], result

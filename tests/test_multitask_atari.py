@@ -125,6 +125,12 @@ def test_multitask_dqn_steps_are_refused_on_atari_before_any_stage(tmp_path, cap
     with pytest.raises(ConfigError, match="multitask_dqn_steps=1000: .*MinAtar only"):
         md.multitask(b, runs_dir=tmp_path / "runs")
     md.check_budget(dataclasses.replace(b, multitask_dqn_steps=None))
+    for field, value, hint in (
+        ("regime", "dagger", "--regime offline"),
+        ("multitask_net", "wide", "--multitask-net teacher"),
+    ):
+        with pytest.raises(ConfigError, match=f"{field}='{value}'.*{hint}"):
+            md.check_budget(dataclasses.replace(b, multitask_dqn_steps=None, **{field: value}))
     argv = ["reproduce", "--suite", "atari", "--budget", "smoke", "--out", str(tmp_path / "o")]
     argv += ["--games", ",".join(TWO), "--multitask-dqn-steps", "1000"]
     assert cli.main(argv) == 2

@@ -4,6 +4,7 @@ Pong teacher (a smoke budget checks the plumbing, not the scores)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -186,3 +187,27 @@ def test_bad_suite_or_budget_is_refused(tmp_path):
         reproduce.reproduce("nope", "smoke", tmp_path)
     with pytest.raises(ConfigError, match="budget='huge'"):
         reproduce.reproduce("minatar", "huge", tmp_path)
+
+
+def test_a_finished_stage_is_kept_when_only_another_stages_fields_change():
+    """A full run written before `multitask_dqn_seeds` existed (one DQN run then) keeps its loss
+    comparison under today's full budget (3 runs), but not its multi-task stage; a field every
+    stage reads (seeds) invalidates them all."""
+    b = dataclasses.asdict(experiments.budget("full"))
+    key = json.loads(json.dumps({"suite": "minatar", "budget": b}))
+    old = {k: v for k, v in key["budget"].items() if k != "multitask_dqn_seeds"}
+    done = {"suite": "minatar", "budget": old}
+    assert reproduce._same_key(done, key, "losses")
+    assert reproduce._same_key(done, key, "compression")
+    assert not reproduce._same_key(done, key, "multitask")  # 1 run then, 3 now
+    assert reproduce._same_key(
+        {**done, "budget": {**old, "multitask_dqn_seeds": 3}}, key, "multitask"
+    )
+    nets = {**key["budget"], "compression_nets": ["net1", "net2", "net3"]}
+    assert reproduce._same_key({"suite": "minatar", "budget": nets}, key, "losses")
+    assert not reproduce._same_key({"suite": "minatar", "budget": nets}, key, "compression")
+    more = {**key["budget"], "seeds": 3}
+    assert not any(
+        reproduce._same_key({"suite": "minatar", "budget": more}, key, s)
+        for s in ("teachers", "losses", "compression", "multitask", "online")
+    )

@@ -8,27 +8,48 @@ import pytest
 from distill import reproduce
 from distill.schema import CheckpointError
 
+KEY = {"suite": "minatar", "budget": {"name": "full"}}
+
 
 def test_stage_clock_sums_sessions_and_writes_while_running(tmp_path):
-    with reproduce.StageClock(tmp_path, every=0.02) as clock:
-        time.sleep(0.1)
-        running = json.loads((tmp_path / "clock.json").read_text())
-        assert 0.0 <= running["wall_s"] < 5.0 and running["sessions"] == 1  # written meanwhile
+    with reproduce.StageClock(tmp_path, KEY, every=0.02) as clock:
+        time.sleep(0.2)
+        deadline = time.monotonic() + 10  # a loaded machine may run the thread late
+        while json.loads((tmp_path / "clock.json").read_text())["wall_s"] < 0.1:
+            assert time.monotonic() < deadline, "the clock's thread never rewrote clock.json"
+            time.sleep(0.02)
+        assert json.loads((tmp_path / "clock.json").read_text())["sessions"] == 1
     first = clock.totals()
-    assert first["wall_s"] >= 0.1 and first["cpu_s"] >= 0.0
+    assert first["wall_s"] >= 0.2 and first["cpu_s"] >= 0.0
+    assert json.loads((tmp_path / "clock.json").read_text()) == {**first, "key": KEY}
     # a second session (the first one killed and the stage resumed) starts from the first's total
-    with reproduce.StageClock(tmp_path, every=0.02) as again:
+    with reproduce.StageClock(tmp_path, KEY, every=0.02) as again:
         time.sleep(0.3)
     second = again.totals()
     assert second["sessions"] == 2
     assert second["wall_s"] >= first["wall_s"] + 0.2  # 0.3 s more, less two roundings to 0.1 s
-    assert json.loads((tmp_path / "clock.json").read_text()) == second
+    assert json.loads((tmp_path / "clock.json").read_text()) == {**second, "key": KEY}
+    # the stage run again for another budget starts its clock from zero
+    other = {**KEY, "budget": {"name": "quick"}}
+    with reproduce.StageClock(tmp_path, other, every=0.02) as fresh:
+        pass
+    assert fresh.totals()["sessions"] == 1 and fresh.totals()["wall_s"] < first["wall_s"]
 
 
-def test_stage_clock_refuses_a_damaged_file_by_name(tmp_path):
-    (tmp_path / "clock.json").write_text('{"wall_s": ')
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"wall_s": ',
+        '{"wall_s": "nan", "cpu_s": 1.0, "sessions": 1}',
+        '{"wall_s": -1.0, "cpu_s": 1.0, "sessions": 1}',
+        '{"wall_s": 1.0, "cpu_s": 1.0, "sessions": 1.5}',
+        '{"wall_s": 1.0, "sessions": 1}',
+    ],
+)
+def test_stage_clock_refuses_a_damaged_file_by_name(tmp_path, text):
+    (tmp_path / "clock.json").write_text(text)
     with pytest.raises(CheckpointError, match="clock.json"):
-        reproduce.StageClock(tmp_path)
+        reproduce.StageClock(tmp_path, KEY)
 
 
 def test_report_shows_cpu_seconds_where_recorded():

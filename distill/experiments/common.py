@@ -133,10 +133,11 @@ class Budget:
         require(
             isinstance(self.compression_nets, tuple)
             and len(self.compression_nets) > 0
+            and len(set(self.compression_nets)) == len(self.compression_nets)
             and set(self.compression_nets) <= set(COMPRESSION_NETS),
             "compression_nets",
             self.compression_nets,
-            f"a non-empty tuple of {COMPRESSION_NETS}",
+            f"a non-empty tuple of distinct sizes of {COMPRESSION_NETS}",
         )
         positive_int("online_rows_per_round", self.online_rows_per_round)
         positive_int("online_window_rounds", self.online_window_rounds)

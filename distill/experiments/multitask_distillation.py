@@ -50,12 +50,26 @@ DQN_ON_ATARI = (
 
 
 def check_budget(b: common.Budget) -> None:
-    """Refuse a number of multi-task DQN steps on Atari games (`DQN_ON_ATARI`), in one line."""
-    if b.multitask_dqn_steps is not None and mt.on_host(b.games):
+    """Refuse, in one line and before any stage, what the Atari multi-task stage cannot do: a
+    number of multi-task DQN steps (`DQN_ON_ATARI`), the stream and dagger regimes (offline
+    datasets only) and the wide trunk (MinAtar's 10-game analogue)."""
+    if not mt.on_host(b.games):
+        return
+    if b.multitask_dqn_steps is not None:
         raise ConfigError(
             f"multitask_dqn_steps={b.multitask_dqn_steps}: the multi-task DQN runs on MinAtar "
             "only (on Atari it is sized for a GPU and has no ale-py form yet); pass "
             "--multitask-dqn-steps none"
+        )
+    if b.regime != "offline":
+        raise ConfigError(
+            f"regime={b.regime!r}: Atari multi-task students train on the offline datasets "
+            "only; pass --regime offline"
+        )
+    if b.multitask_net != "teacher":
+        raise ConfigError(
+            f"multitask_net={b.multitask_net!r}: Atari has the paper's 3-game net only (the "
+            "teacher's trunk); pass --multitask-net teacher"
         )
 
 
