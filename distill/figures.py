@@ -37,6 +37,25 @@ def top_probability(q: np.ndarray, tau: float | None) -> np.ndarray:
     return softmax_target(q, tau).max(axis=1)
 
 
+NEAR_TIE = 0.01  # a Q-gap below this (MinAtar's rewards are 0 or 1) leaves the argmax to chance
+
+
+def teacher_margins(q: np.ndarray, tau: float = 0.01) -> dict:
+    """How decided the teacher is on its dataset's states (`q [states, actions]`): the median
+    best-minus-second Q-gap, the share of near ties (`NEAR_TIE`), the share of states whose KL
+    target at `tau` puts under 0.9 on the best action, and how often each action is best. Where
+    the teacher is undecided, agreement is a weak target and a student's mistakes are cheap per
+    state but many."""
+    q = np.asarray(q, dtype=np.float64)
+    gaps = q_gaps(q)
+    return {
+        "median_q_gap": float(np.median(gaps)),
+        "near_ties": float(np.mean(gaps < NEAR_TIE)),
+        "soft_targets": float(np.mean(top_probability(q, tau) < 0.9)),
+        "best_action_shares": (np.bincount(q.argmax(1), minlength=q.shape[1]) / len(q)).tolist(),
+    }
+
+
 def tau_table(q: np.ndarray, taus: Sequence[float | None]) -> list[dict]:
     """Per target (tau, None = NLL): median top probability and the share of states whose top
     probability is below 0.99 (the target still says something about the other actions)."""

@@ -315,6 +315,16 @@ def test_loss_comparison_keeps_paired_episode_scores(comparison):
         assert r["teacher_episode_scores"] == t["teacher_episode_scores"]
 
 
+def test_loss_comparison_records_how_decided_the_teacher_is(comparison):
+    result, _ = comparison
+    (m,) = result["margins"]
+    assert m["game"] == TINY.games[0] and m["median_q_gap"] >= 0
+    assert 0 <= m["near_ties"] <= 1 and 0 <= m["soft_targets"] <= 1
+    assert sum(m["best_action_shares"]) == pytest.approx(1.0)
+    section = "\n".join(experiments.losses.report_section(result))
+    assert "How decided the teachers are" in section and "near ties" in section
+
+
 def test_write_loss_comparison(tmp_path, comparison):
     import matplotlib.pyplot as plt
 

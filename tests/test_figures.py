@@ -34,6 +34,15 @@ def test_tau_table_counts_states_below_099():
     assert rows[1]["share_below_0.99"] == 0.0 and rows[1]["median_top_probability"] == 1.0
 
 
+def test_teacher_margins_of_a_decided_and_an_undecided_state():
+    q = np.array([[1.0, 0.0, 0.0], [0.5, 0.505, 0.0]])  # gaps 1.0 and 0.005 (a near tie)
+    m = figures.teacher_margins(q, tau=0.01)
+    assert m["median_q_gap"] == pytest.approx(0.5025)
+    assert m["near_ties"] == 0.5
+    assert m["soft_targets"] == 0.5  # softmax(q / 0.01) of the tie: 0.62 on its best action
+    assert m["best_action_shares"] == [0.5, 0.5, 0.0]
+
+
 def test_trailing_mean_skips_nans_and_has_no_edge_artefact():
     np.testing.assert_allclose(
         figures.trailing_mean(np.array([1.0, np.nan, 3.0, 5.0]), 2), [1, 1, 3, 4]

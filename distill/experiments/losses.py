@@ -30,12 +30,16 @@ def loss_comparison(
     "teachers": per game teacher and random scores}. Every student's final score is measured on
     the same episodes as its teacher's (`paired`); the rows keep both per-episode lists.
     """
+    from distill import figures
+
     runs_dir = Path(runs_dir or paths.runs_dir())
     common.prepare_games(b.games, b, runs_dir, progress)
-    rows, curves, teachers = [], [], []
+    rows, curves, teachers, margins = [], [], [], []
     for env_id in b.games:
         _, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
+        q = np.asarray(data.q).reshape(-1, data.num_actions)
+        margins.append({"game": env_id, **figures.teacher_margins(q, tau)})
         configs = [
             common.student_config(b, loss=loss, tau=tau, net=common.net_of(b, net))
             for loss in losses
@@ -66,7 +70,13 @@ def loss_comparison(
                     **seeds.plateau_curve(config, m),
                 }
             )
-    return {"rows": rows, "curves": curves, "teachers": teachers, "budget": dataclasses.asdict(b)}
+    return {
+        "rows": rows,
+        "curves": curves,
+        "teachers": teachers,
+        "margins": margins,  # how decided each teacher is on its dataset (figures.teacher_margins)
+        "budget": dataclasses.asdict(b),
+    }
 
 
 def final_curve(score: np.ndarray, final: np.ndarray) -> dict:
@@ -116,6 +126,31 @@ def report_section(result: dict) -> list[str]:
         report.markdown_table(common.summarise(result["rows"], BY), common.summary_columns(BY)),
         "",
         "![loss comparison](losses/loss_comparison.png)",
+        "",
+        *margins_section(result),
+    ]
+
+
+def margins_section(result: dict) -> list[str]:
+    """How decided each teacher is on its dataset: where it is not, students agree less and the
+    KL target stays soft (absent from results written before margins were recorded)."""
+    if not result.get("margins"):
+        return []
+    rows = [
+        {
+            "game": m["game"],
+            "median Q-gap": round(m["median_q_gap"], 4),
+            "near ties (gap < 0.01)": round(m["near_ties"], 3),
+            "KL target top < 0.9": round(m["soft_targets"], 3),
+            "best-action shares": " / ".join(f"{x:.2f}" for x in m["best_action_shares"]),
+        }
+        for m in result["margins"]
+    ]
+    return [
+        "How decided the teachers are on their datasets (best minus second-best Q-value; the "
+        "share of states whose tau = 0.01 target gives the best action under 0.9):",
+        "",
+        report.markdown_table(rows),
         "",
     ]
 
