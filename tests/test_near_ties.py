@@ -1,0 +1,39 @@
+"""The teacher with its near ties lost (distill.near_ties)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distill import near_ties
+
+
+def test_runner_up_swaps_only_the_near_ties():
+    q = jnp.array([[1.0, 0.995, 0.0], [1.0, 0.0, 0.5], [0.2, 0.3, 0.29]])  # gaps 0.005, 0.5, 0.01
+    out = np.asarray(near_ties.runner_up(q, jnp.float32(0.02)))
+    np.testing.assert_allclose(out[0], [0.995, 1.0, 0.0])  # best and second swapped
+    np.testing.assert_allclose(out[1], [1.0, 0.0, 0.5])  # a clear decision stays
+    np.testing.assert_allclose(out[2], [0.2, 0.29, 0.3], atol=1e-7)
+    assert (out.argmax(1) == [1, 0, 2]).all()
+    np.testing.assert_array_equal(np.asarray(near_ties.runner_up(q, jnp.float32(0.0))), q)
+
+
+def test_the_table_is_relative_to_the_teacher_on_the_same_episodes():
+    s = np.array([[10.0, 12.0], [5.0, 6.0]])
+    rows = near_ties.table("Breakout-MinAtar", [0.0, 0.1], s)
+    assert [r["percent_of_teacher"] for r in rows] == pytest.approx([100.0, 50.0])
+    assert rows[1]["score"] == 5.5 and rows[0]["se"] == pytest.approx(1.0)
+
+
+def test_the_shipped_teacher_at_g_zero_is_itself(tmp_path):
+    """g = 0 plays exactly the teacher's episodes; a huge g always plays the runner-up."""
+    out = tmp_path / "ties.json"
+    rows = near_ties.main(
+        ["--games", "Breakout-MinAtar", "--gaps", "0,100", "--episodes", "4", "--out", str(out)]
+    )
+    from distill import checkpoint, paths
+    from distill.experiments import paired
+
+    policy = checkpoint.load(paths.shipped_teacher("Breakout-MinAtar"), env_id="Breakout-MinAtar")
+    assert rows[0]["score"] == pytest.approx(paired.teacher_scores(policy, 4).mean())
+    assert rows[1]["score"] < rows[0]["score"]  # always second best: far worse
+    assert out.exists() and "distill.near_ties" in out.read_text()
