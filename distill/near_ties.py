@@ -11,6 +11,10 @@ gaps where the student disagrees says those decisions carry the score.
 
     python -m distill.near_ties --games Asterix-MinAtar,Breakout-MinAtar --gaps 0,0.01,0.03,0.1
         [--teachers small|large] [--episodes 100] [--out FILE.json]
+
+With `--students RUNS` it reads instead the same-size students a `distill reproduce --budget
+full` run cached in `RUNS/students/` (never training one) and tells where their disagreements
+with the teacher lie: held-out agreement per band of the teacher's Q-gap (`by_gap`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, evaluate, paths
+from distill import checkpoint, evaluate, figures, paths
+from distill.config import ConfigError
 from distill.experiments import paired
 
 
@@ -73,6 +79,62 @@ def table(env_id: str, gaps: Sequence[float], s: np.ndarray) -> list[dict]:
     ]
 
 
+def by_gap(q_teacher: np.ndarray, q_students: np.ndarray, edges: Sequence[float]) -> list[dict]:
+    """Per band [lo, hi) of the teacher's Q-gap: its share of the states, the students'
+    agreement there (`q_students [seeds, states, actions]`) and its share of all their
+    disagreements."""
+    gaps = figures.q_gaps(q_teacher)
+    agree = np.asarray(q_students).argmax(-1) == np.asarray(q_teacher).argmax(-1)[None]
+    wrong = max(int((~agree).sum()), 1)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        band = (gaps >= lo) & (gaps < hi)
+        rows.append(
+            {
+                "gap": f"[{lo:g}, {hi:g})",
+                "states": float(band.mean()),
+                "agreement": float(agree[:, band].mean()) if band.any() else float("nan"),
+                "share_of_disagreements": float((~agree[:, band]).sum() / wrong),
+            }
+        )
+    return rows
+
+
+def cached_students(runs: Path, env_id: str, loss: str):
+    """The full budget's same-size `loss` students of `env_id` that a reproduce run cached in
+    `runs`, with their dataset: (params `[seeds, ...]`, dataset, config). Refused by name when
+    they are not there: this never trains."""
+    from distill import dataset, experiments
+    from distill.experiments import common, seeds
+
+    b = experiments.budget("full")
+    teacher = checkpoint.load(paths.shipped_teacher(env_id), env_id=env_id)
+    where = common.dataset_folder(teacher, b, runs)
+    if not (where / checkpoint.MANIFEST).exists():
+        raise ConfigError(f"{where}: no full-budget dataset of {env_id} there")
+    data = dataset.load_dataset(str(where), env_id=env_id)
+    config = common.student_config(b, loss=loss, net="teacher")
+    folder = runs / "students" / seeds.student_folder_name(config, data, b.seeds)
+    if not (folder / checkpoint.MANIFEST).exists():
+        raise ConfigError(f"{folder}: no finished {loss} students of {env_id} there")
+    _, state, _ = seeds._read_students(folder, config, data, b.seeds)
+    return state.params, data, config
+
+
+def student_rows(runs: Path, env_id: str, losses: Sequence[str], edges) -> list[dict]:
+    """`by_gap` of each loss's cached students on the plateau rule's held-out states."""
+    from distill import families, student
+
+    rows = []
+    for loss in losses:
+        params, data, config = cached_students(runs, env_id, loss)
+        _, (obs, q_teacher) = student.held_out_split(config, data)
+        apply = families.build_network(env_id, config.net).apply
+        q = jax.vmap(lambda p, o=obs, f=apply: f(p, o))(params)
+        rows += [{"game": env_id, "loss": loss, **r} for r in by_gap(q_teacher, q, edges)]
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--games", default="Breakout-MinAtar", help="comma-separated env ids")
@@ -80,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--teachers", default="small", choices=paths.TEACHER_SIZES)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument("--students", default=None, metavar="RUNS", help="a full reproduce run's folder")
+    p.add_argument("--losses", default="kl,nll", help="with --students: whose students")
     args = p.parse_args(argv)
     gaps = [float(x) for x in args.gaps.split(",")]
     if gaps[0] != 0.0 or any(g < 0 for g in gaps):
@@ -88,9 +152,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     rows = []
     for env_id in args.games.split(","):
+        if args.students:  # bands between the gaps, the last one open
+            edges = [*gaps, float("inf")]
+            rows += student_rows(Path(args.students), env_id, args.losses.split(","), edges)
+            continue
         policy = checkpoint.load(paths.shipped_teacher(env_id, args.teachers), env_id=env_id)
         rows += table(env_id, gaps, scores(policy, gaps, args.episodes))
-    print(report.markdown_table([{**r, "g": f"{r['g']:g}"} for r in rows]))
+    shown = [{**r, "g": f"{r['g']:g}"} if "g" in r else r for r in rows]
+    print(report.markdown_table(shown))
     if args.out:
         command = ["python", "-m", "distill.near_ties", *(sys.argv[1:] if argv is None else argv)]
         checkpoint.atomic_write_json(args.out, {"command": " ".join(command), "rows": rows})

@@ -37,3 +37,20 @@ def test_the_shipped_teacher_at_g_zero_is_itself(tmp_path):
     assert rows[0]["score"] == pytest.approx(paired.teacher_scores(policy, 4).mean())
     assert rows[1]["score"] < rows[0]["score"]  # always second best: far worse
     assert out.exists() and "distill.near_ties" in out.read_text()
+
+
+def test_by_gap_splits_agreement_by_the_teachers_margin():
+    q_teacher = np.array([[1.0, 0.995], [1.0, 0.0], [0.0, 1.0], [0.2, 0.0]])  # gaps .005 1 1 .2
+    q_students = np.array([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])  # wrong on 0, 3
+    rows = near_ties.by_gap(q_teacher, q_students, [0.0, 0.01, 0.5, float("inf")])
+    assert [r["states"] for r in rows] == [0.25, 0.25, 0.5]
+    assert [r["agreement"] for r in rows] == [0.0, 0.0, 1.0]
+    assert [r["share_of_disagreements"] for r in rows] == [0.5, 0.5, 0.0]
+
+
+def test_students_that_are_not_cached_are_refused_not_trained(tmp_path):
+    from distill.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no full-budget dataset of Breakout-MinAtar"):
+        near_ties.main(["--students", str(tmp_path), "--games", "Breakout-MinAtar"])
+    assert not (tmp_path / "datasets").exists()

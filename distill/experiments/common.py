@@ -402,13 +402,18 @@ def ensure_dataset(
     policy: checkpoint.Policy, b: Budget, runs_dir: Path, progress: bool = True
 ) -> dataset.Dataset:
     """The teacher's dataset at the budget's size, generated once and reused."""
-    sha = policy.manifest["files"][checkpoint.PARAMS][:10]
     config = dataset.DatasetConfig(states=b.dataset_states, num_envs=64, seed=0)
-    # "_staggered": datasets from before staggered starts (all envs from reset) are not reused
-    name = f"{envs.spec(policy.env_id).safe_name}_{sha}_{b.dataset_states}_staggered"
-    out = runs_dir / "datasets" / name
+    out = dataset_folder(policy, b, runs_dir)
     dataset.generate(policy.path, config, str(out), resume=True, progress=progress)
     return dataset.load_dataset(str(out), env_id=policy.env_id)
+
+
+def dataset_folder(policy: checkpoint.Policy, b: Budget, runs_dir: Path) -> Path:
+    """Where `ensure_dataset` keeps the teacher's dataset at the budget's size."""
+    sha = policy.manifest["files"][checkpoint.PARAMS][:10]
+    # "_staggered": datasets from before staggered starts (all envs from reset) are not reused
+    name = f"{envs.spec(policy.env_id).safe_name}_{sha}_{b.dataset_states}_staggered"
+    return runs_dir / "datasets" / name
 
 
 # Results already computed in this process, so that the stages of `distill reproduce` (and the
