@@ -258,7 +258,9 @@ def reproduce(
             print(f"[{i}/{len(stages)}] {stage}: not asked for, left", flush=True)
             continue
         print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
-        with StageClock(out / stage, key) as clock:
+        # the clock's key: the budget fields this stage reads (as a finished stage is matched)
+        stage_key = {**key, "budget": _stage_view(key["budget"], stage)}
+        with StageClock(out / stage, stage_key) as clock:
             result = _run_stage(stage, b, out, progress, mesh)
         spent = clock.totals()
         timings[stage], cpu[stage], results[stage] = spent["wall_s"], spent["cpu_s"], result
