@@ -12,7 +12,7 @@ KL(softmax(teacher_q / tau) || softmax(student_q)), the paper's KL loss. Togethe
 limits apart (`limit`): undertraining (all three low and still rising), overfitting (a >> b) and
 covariate shift (b >> c; Ross et al. 2011, the reason for DAgger); thresholds below.
 
-Everything here is pure and jittable except `limit`, which reads floats.
+Everything here is pure and jittable except `limit` and `own_regret`, which read floats.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from distill import acting, coverage, dataset, envs, losses
+from distill import acting, coverage, dataset, envs, losses, xla
 
 SETS = ("train", "heldout", "visited")
 
@@ -165,3 +166,42 @@ def measure(
         a = agreement_and_kl(student_apply(student_params, obs), teacher_q, tau)
         out[f"agreement_{name}"], out[f"kl_{name}"] = a.agreement, a.kl
     return out
+
+
+OWN_STATES = 16_384  # states of a student's own play that `own_regret` labels
+
+
+def own_regret(
+    env_id: str,
+    student_apply: acting.ApplyFn,
+    params: Any,
+    teacher_apply: acting.ApplyFn,
+    teacher_params: Any,
+    states: int = OWN_STATES,
+    num_envs: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`([seeds] agreement, [seeds] mean regret)` of students (params with a leading seeds axis)
+    on states of their own play at epsilon 0.05 (`make_teacher_states`, key = the seed), labelled
+    by the teacher: regret is the teacher's best Q-value minus its Q-value of the student's
+    action, 0 where they agree. Small mistakes that are frequent add up over an episode: the
+    mean regret tells them apart from rare large ones, which agreement alone does not."""
+    sample = make_teacher_states(env_id, student_apply, states, num_envs)  # jitted in `one`
+
+    @xla.jit
+    def one(p, t, key):  # the teacher's params as an argument, not constants in the program
+        obs = sample(p, key).astype(jnp.float32)
+        q_t = teacher_apply(t, obs)
+        action = jnp.argmax(student_apply(p, obs), -1)
+        regret = jnp.max(q_t, -1) - jnp.take_along_axis(q_t, action[:, None], -1)[:, 0]
+        return jnp.mean(action == jnp.argmax(q_t, -1)), jnp.mean(regret)
+
+    n = jax.tree_util.tree_leaves(params)[0].shape[0]
+    out = [
+        one(
+            jax.tree_util.tree_map(lambda x, i=i: x[i], params),
+            teacher_params,
+            jax.random.PRNGKey(i),
+        )
+        for i in range(n)
+    ]
+    return np.array([float(a) for a, _ in out]), np.array([float(r) for _, r in out])

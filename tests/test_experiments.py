@@ -323,6 +323,11 @@ def test_loss_comparison_records_how_decided_the_teacher_is(comparison):
     assert sum(m["best_action_shares"]) == pytest.approx(1.0)
     section = "\n".join(experiments.losses.report_section(result))
     assert "How decided the teachers are" in section and "near ties" in section
+    # and how the students do on their own states, labelled by the teacher
+    for r in result["rows"]:
+        assert 0 <= r["own_agreement"] <= 1 and r["own_regret"] >= 0
+        assert r["own_regret"] > 0 or r["own_agreement"] == 1  # a disagreement costs something
+    assert "own-state regret" in section
 
 
 def test_write_loss_comparison(tmp_path, comparison):

@@ -36,7 +36,7 @@ def loss_comparison(
     common.prepare_games(b.games, b, runs_dir, progress)
     rows, curves, teachers, margins = [], [], [], []
     for env_id in b.games:
-        _, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
+        teacher, data, reference = common.game_inputs(env_id, b, runs_dir, progress)
         teachers.append(reference)
         q = np.asarray(data.q).reshape(-1, data.num_actions)
         margins.append({"game": env_id, **figures.teacher_margins(q, tau)})
@@ -49,6 +49,7 @@ def loss_comparison(
         for loss, config, (_, state, m) in zip(losses, configs, trained, strict=True):
             # the final score of each student: on the teacher's paired episodes
             final = paired.student_scores(env_id, config.net, state.params, b.eval_episodes)
+            own = own_states(env_id, config.net, state.params, teacher, b)
             for seed in range(b.seeds):
                 rows.append(
                     {
@@ -58,6 +59,7 @@ def loss_comparison(
                         "seed": seed,
                         **common.paired_row(final[seed], reference),
                         "agreement": float(m.agreement[seed, -1]),
+                        **{k: float(v[seed]) for k, v in own.items()},
                         **seeds.plateau_columns(config, m, seed),
                     }
                 )
@@ -77,6 +79,21 @@ def loss_comparison(
         "margins": margins,  # how decided each teacher is on its dataset (figures.teacher_margins)
         "budget": dataclasses.asdict(b),
     }
+
+
+def own_states(env_id: str, net: str, params, teacher, b: common.Budget) -> dict:
+    """`{"own_agreement", "own_regret"}` `[seeds]` arrays: the students on states of their own
+    play, labelled by the teacher (`diagnostics.own_regret`); none on Atari (host envs)."""
+    from distill import diagnostics, families
+
+    if not families.of(env_id).in_graph:
+        return {}
+    states = min(diagnostics.OWN_STATES, b.dataset_states)
+    apply = families.build_network(env_id, net).apply
+    agree, regret = diagnostics.own_regret(
+        env_id, apply, params, teacher.apply, teacher.params, states
+    )
+    return {"own_agreement": agree, "own_regret": regret}
 
 
 def final_curve(score: np.ndarray, final: np.ndarray) -> dict:
@@ -146,7 +163,30 @@ def margins_section(result: dict) -> list[str]:
         }
         for m in result["margins"]
     ]
+    own = [
+        {
+            "game": g,
+            "loss": loss,
+            "own-state agreement": round(float(np.mean([r["own_agreement"] for r in rs])), 3),
+            "own-state regret": round(float(np.mean([r["own_regret"] for r in rs])), 4),
+        }
+        for (g, loss) in dict.fromkeys((r["game"], r["loss"]) for r in result["rows"])
+        if (rs := [r for r in result["rows"] if (r["game"], r["loss"]) == (g, loss)])
+        and "own_regret" in rs[0]
+    ]
     return [
+        *(
+            [
+                "The students on states of their own play, labelled by the teacher (mean over "
+                "seeds; regret: the teacher's best Q-value minus its value of the student's "
+                "action, 0 where they agree):",
+                "",
+                report.markdown_table(own),
+                "",
+            ]
+            if own
+            else []
+        ),
         "How decided the teachers are on their datasets (best minus second-best Q-value; the "
         "share of states whose tau = 0.01 target gives the best action under 0.9):",
         "",
