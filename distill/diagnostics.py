@@ -187,7 +187,6 @@ def own_regret(
     mean regret tells them apart from rare large ones, which agreement alone does not."""
     sample = make_teacher_states(env_id, student_apply, states, num_envs)  # jitted in `one`
 
-    @xla.jit
     def one(p, t, key):  # the teacher's params as an argument, not constants in the program
         obs = sample(p, key).astype(jnp.float32)
         q_t = teacher_apply(t, obs)
@@ -196,12 +195,6 @@ def own_regret(
         return jnp.mean(action == jnp.argmax(q_t, -1)), jnp.mean(regret)
 
     n = jax.tree_util.tree_leaves(params)[0].shape[0]
-    out = [
-        one(
-            jax.tree_util.tree_map(lambda x, i=i: x[i], params),
-            teacher_params,
-            jax.random.PRNGKey(i),
-        )
-        for i in range(n)
-    ]
-    return np.array([float(a) for a, _ in out]), np.array([float(r) for _, r in out])
+    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(n)])
+    agree, regret = xla.jit(jax.vmap(one, in_axes=(0, None, 0)))(params, teacher_params, keys)
+    return np.asarray(agree, np.float64), np.asarray(regret, np.float64)

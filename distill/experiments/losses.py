@@ -163,6 +163,10 @@ def margins_section(result: dict) -> list[str]:
         }
         for m in result["margins"]
     ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in result["rows"]:
+        if "own_regret" in r:
+            groups.setdefault((r["game"], r["loss"]), []).append(r)
     own = [
         {
             "game": g,
@@ -170,9 +174,7 @@ def margins_section(result: dict) -> list[str]:
             "own-state agreement": round(float(np.mean([r["own_agreement"] for r in rs])), 3),
             "own-state regret": round(float(np.mean([r["own_regret"] for r in rs])), 4),
         }
-        for (g, loss) in dict.fromkeys((r["game"], r["loss"]) for r in result["rows"])
-        if (rs := [r for r in result["rows"] if (r["game"], r["loss"]) == (g, loss)])
-        and "own_regret" in rs[0]
+        for (g, loss), rs in groups.items()
     ]
     return [
         *(
