@@ -15,6 +15,9 @@ gaps where the student disagrees says those decisions carry the score.
 With `--students RUNS` it reads instead the same-size students a `distill reproduce --budget
 full` run cached in `RUNS/students/` (never training one) and tells where their disagreements
 with the teacher lie: held-out agreement per band of the teacher's Q-gap (`by_gap`).
+
+`--plot A.json,B.json --figure OUT.png` draws what earlier `--out` files hold (`figure`), running
+nothing: the teachers' score against g, and the students' agreement per band.
 """
 
 from __future__ import annotations
@@ -135,6 +138,85 @@ def student_rows(runs: Path, env_id: str, losses: Sequence[str], edges) -> list[
     return rows
 
 
+def figure(sets: dict[str, Sequence[dict]], title: str = ""):
+    """One panel per kind of `--out` file among `sets` (label -> its rows): the teachers' % of
+    their own score against g (error bars: 1.96 standard errors of the mean, relative to the
+    g = 0 score), and the students' held-out agreement per band of the teacher's Q-gap."""
+    import matplotlib.pyplot as plt
+
+    teachers = {k: v for k, v in sets.items() if v and "g" in v[0]}
+    students = {k: v for k, v in sets.items() if v and "gap" in v[0]}
+    if not teachers and not students:
+        raise ConfigError("nothing to draw: no near_ties rows among the files given")
+    panels = [p for p in (teachers, students) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 5.5), squeeze=False)
+    styles = ("-", "--", ":", "-.")
+    colours = {}
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for (label, rows), style in zip(panel.items(), styles * 4, strict=False):
+            for key in dict.fromkeys((r["game"], r.get("loss")) for r in rows):
+                mine = [r for r in rows if (r["game"], r.get("loss")) == key]
+                game = key[0].replace("-MinAtar", "")
+                c = colours.setdefault(game, f"C{len(colours)}")
+                name = f"{game}, {label}" + (f", {key[1].upper()}" if key[1] else "")
+                if panel is teachers:
+                    x = np.arange(len(mine))
+                    base = mine[0]["score"] or 1.0
+                    err = [196.0 * r["se"] / abs(base) for r in mine]
+                    y = [r["percent_of_teacher"] for r in mine]
+                    ax.errorbar(x, y, yerr=err, ls=style, color=c, marker="o", ms=3, label=name)
+                    ax.set_xticks(x, [f"{r['g']:g}" for r in mine])
+                else:
+                    ls = style if key[1] in (None, "kl") else ":"
+                    x = np.arange(len(mine))
+                    ax.plot(
+                        x,
+                        [r["agreement"] for r in mine],
+                        ls=ls,
+                        color=c,
+                        marker="o",
+                        ms=3,
+                        label=name,
+                    )
+                    ax.set_xticks(x, [r["gap"] for r in mine], fontsize=8)
+        if panel is teachers:
+            ax.axhline(100.0, color="grey", lw=0.8)
+            ax.set_xlabel("g: best and runner-up swapped where their Q-gap is under g")
+            ax.set_ylabel("% of the teacher's score (same episodes)")
+            ax.set_title("the teacher with its near ties lost")
+        else:
+            ax.set_xlabel("band of the teacher's Q-gap (best minus runner-up)")
+            ax.set_ylabel("students' held-out agreement with the teacher")
+            ax.set_ylim(0, 1.02)
+            ax.set_title("where same-size students disagree")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot(files: Sequence[str], out: str) -> Path:
+    """`figure` of saved `--out` files (each labelled by its file name), written to `out`."""
+    import json
+
+    sets = {}
+    for f in files:
+        try:
+            rows = json.loads(Path(f).read_text()).get("rows")
+        except (OSError, ValueError, AttributeError) as e:
+            raise ConfigError(f"{f}: not a readable near_ties --out file ({e})") from None
+        if not isinstance(rows, list):
+            raise ConfigError(f"{f}: not a near_ties --out file (no rows)")
+        sets[Path(f).stem] = rows
+    fig = figure(sets)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--games", default="Breakout-MinAtar", help="comma-separated env ids")
@@ -144,7 +226,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--students", default=None, metavar="RUNS", help="a full reproduce run's folder")
     p.add_argument("--losses", default="kl,nll", help="with --students: whose students")
+    p.add_argument("--plot", default=None, metavar="JSONS", help="draw these --out files")
+    p.add_argument("--figure", default=None, metavar="PNG", help="with --plot: where to draw")
     args = p.parse_args(argv)
+    if args.plot:
+        if not args.figure:
+            p.error("--plot needs --figure PNG")
+        print(plot(args.plot.split(","), args.figure))
+        return []
     gaps = [float(x) for x in args.gaps.split(",")]
     if gaps[0] != 0.0 or any(g < 0 for g in gaps):
         p.error(f"--gaps {args.gaps}: non-negative, starting with 0 (the teacher itself)")

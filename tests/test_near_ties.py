@@ -1,10 +1,16 @@
 """The teacher with its near ties lost (distill.near_ties)."""
 
+import json
+
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 import pytest
 
-from distill import near_ties
+matplotlib.use("Agg")
+
+from distill import near_ties  # noqa: E402
+from distill.config import ConfigError  # noqa: E402
 
 
 def test_runner_up_swaps_only_the_near_ties():
@@ -49,8 +55,42 @@ def test_by_gap_splits_agreement_by_the_teachers_margin():
 
 
 def test_students_that_are_not_cached_are_refused_not_trained(tmp_path):
-    from distill.config import ConfigError
 
     with pytest.raises(ConfigError, match="no full-budget dataset of Breakout-MinAtar"):
         near_ties.main(["--students", str(tmp_path), "--games", "Breakout-MinAtar"])
     assert not (tmp_path / "datasets").exists()
+
+
+def test_the_figure_draws_saved_rows_and_refuses_other_files(tmp_path):
+    teacher = [
+        {"game": "Asterix-MinAtar", "g": g, "score": s, "se": 0.3, "percent_of_teacher": p}
+        for g, s, p in ((0.0, 11.0, 100.0), (0.1, 7.4, 67.3))
+    ]
+    student = [
+        {
+            "game": "Asterix-MinAtar",
+            "loss": "kl",
+            "gap": b,
+            "agreement": a,
+            "states": 0.5,
+            "share_of_disagreements": 0.5,
+        }
+        for b, a in (("[0, 0.1)", 0.6), ("[0.1, inf)", 0.95))
+    ]
+    files = []
+    for name, rows in (("small", teacher), ("students", student)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"command": "x", "rows": rows}))
+    fig = near_ties.figure({"small": teacher, "students": student})
+    assert len(fig.axes) == 2
+    left, right = fig.axes
+    assert "g" in left.get_xlabel() and "%" in left.get_ylabel()
+    np.testing.assert_allclose(np.asarray(left.containers[0][0].get_ydata(), float), [100.0, 67.3])
+    np.testing.assert_allclose(right.lines[0].get_ydata(), [0.6, 0.95])
+    out = tmp_path / "near.png"
+    near_ties.main(["--plot", ",".join(map(str, files)), "--figure", str(out)])
+    assert out.stat().st_size > 1000
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        near_ties.plot([str(bad)], str(out))
