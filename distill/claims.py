@@ -270,6 +270,41 @@ def render_markdown(summaries: dict, verdicts: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def side_by_side(found: dict[str, list[dict]]) -> str:
+    """A markdown table of the claims (rows) against several runs (columns, `{label: verdicts}`):
+    each cell the verdict and its evidence, "not run" where that run lacks the claim's stage.
+    The premise a run changes (teacher size, games) is read across a row."""
+    labels = list(found)
+    names = list(dict.fromkeys(v["claim"] for vs in found.values() for v in vs))
+    rows = []
+    for name in names:
+        cells, paper = [], ""
+        for label in labels:
+            v = next((v for v in found[label] if v["claim"] == name), None)
+            paper = paper or (v or {}).get("paper", "")
+            ran = v is not None and not v["evidence"].startswith(f"no {v['stage']} results")
+            cells.append(f"*{v['verdict']}*: {v['evidence']}" if ran else "not run")
+        rows.append([f"**{name}**", paper, *cells])
+    return "\n".join(_table(["claim", "paper", *labels], rows)) + "\n"
+
+
+def compare_command(paths: list[str], labels: list[str] | None = None, reps=stats.REPS, seed=0):
+    """`distill stats A.json B.json [--labels a,b]`: `side_by_side` of their verdicts (a column
+    per results.json, labelled by its folder's name unless `labels` are given)."""
+    from distill.config import ConfigError
+
+    labels = labels or [Path(p).parent.name or str(p) for p in paths]
+    if len(labels) != len(paths) or len(set(labels)) != len(labels):
+        raise ConfigError(f"--labels {','.join(labels)}: one distinct label per results.json")
+    found = {}
+    for label, path in zip(labels, paths, strict=True):
+        try:
+            found[label] = verdicts(load_results(path), None, reps, seed)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{path}: malformed results ({type(e).__name__}: {e})") from e
+    return side_by_side(found)
+
+
 def paper_levels(stage: str = "compression") -> dict[str, float]:
     """`{group: the paper's geometric mean %}` of a stage: the "at" claims' levels
     (compression), `PAPER_MULTITASK` (multitask); empty for other stages."""
@@ -329,13 +364,19 @@ def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]
 
 
 def stats_command(
-    path: str | Path | None, out: str | Path | None = None, reps: int = stats.REPS, seed: int = 0
+    path, out: str | Path | None = None, reps: int = stats.REPS, seed: int = 0, labels=None
 ) -> str:
     """`distill stats`: the markdown of a results.json's intervals and verdicts (and, with
-    `out`, the files of `write`). ConfigError (one line) for a file that is not a results.json
-    or an `out` that is a file."""
+    `out`, the files of `write`); of several (a list), `compare_command` (`labels`: "a,b").
+    ConfigError (one line) for a file that is not a results.json or an `out` that is a file."""
     from distill.config import ConfigError
 
+    if isinstance(path, list | tuple):
+        if len(path) > 1:
+            if out is not None:
+                raise ConfigError("--out takes one results.json; several print a comparison")
+            return compare_command(list(path), labels.split(",") if labels else None, reps, seed)
+        path = path[0] if path else None
     if path is None:
         raise ConfigError("give a results.json, or --references A B")
     results = load_results(path)

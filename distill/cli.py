@@ -241,8 +241,9 @@ def cmd_stats(args) -> int:
 
     if args.references:  # teacher folders (or reference.json): A/B on their shared episodes
         print(paired.compare_references(*args.references, args.reps, args.seed), end="")
-    else:
-        print(claims.stats_command(args.results, args.out, args.reps, args.seed), end="")
+    else:  # one results.json, or several side by side
+        text = claims.stats_command(args.results, args.out, args.reps, args.seed, args.labels)
+        print(text, end="")
     return 0
 
 
@@ -443,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("stats", help="95 %% bootstrap intervals and the paper's claims' verdicts")
-    s.add_argument("results", nargs="?", help="a results.json of distill reproduce")
+    s.add_argument("results", nargs="*", help="results.json of reproduce (several: compared)")
+    s.add_argument("--labels", help="with several results: their columns' names, a,b,...")
     s.add_argument(
         "--references", nargs=2, metavar=("A", "B"), help="or: teachers A/B, shared episodes"
     )

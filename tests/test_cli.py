@@ -340,3 +340,32 @@ def test_stats_prints_intervals_and_verdicts_and_writes_out(capsys, tmp_path):
     text = capsys.readouterr().out
     assert "| kl | nll | 1.00 [1.00, 1.00] |" in text and "*reproduced*" in text
     assert {p.name for p in out.iterdir()} >= {"stats.md", "stats.json", "losses_profile.png"}
+
+
+def test_stats_of_several_runs_sets_their_verdicts_side_by_side(capsys, tmp_path):
+    def run(name, kl, stages=("losses",)):
+        rows = [
+            {"game": g, "seed": s, "loss": loss, "net": "teacher", "percent_of_teacher": v + s}
+            | {"random_normalised": (v + s) / 100}
+            for g in ("A", "B")
+            for loss, v in (("nll", 95.0), ("mse", 60.0), ("kl", kl))
+            for s in range(3)
+        ]
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "results.json"
+        results = {stage: {"rows": rows} for stage in stages}
+        path.write_text(json.dumps({"meta": {}, "results": results}))
+        return str(path)
+
+    small, large = run("small", 110.0), run("large", 80.0)
+    assert cli.main(["stats", small, large, "--reps", "100"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0] == "| claim | paper | small | large |"
+    beats = next(line for line in text.splitlines() if "beats its teacher" in line)
+    cells = beats.split(" | ")
+    assert cells[2].startswith("*reproduced*") and cells[3].startswith("*contradicted*")
+    net1 = next(line for line in text.splitlines() if "net1" in line)
+    assert net1.endswith("| not run | not run |")
+    assert cli.main(["stats", small, large, "--labels", "a,a"]) == cli.EXIT_USAGE
+    assert "one distinct label" in capsys.readouterr().err
+    assert cli.main(["stats", small, large, "--out", str(tmp_path / "x")]) == cli.EXIT_USAGE
