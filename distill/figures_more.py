@@ -160,9 +160,15 @@ def online_curves(result: dict, title: str = ""):
 # ---------------------------------------------------------------------------- 07 Atari
 
 
-def student_curves(rows: Sequence[dict], random_score: float | None, title: str = ""):
+def student_curves(
+    rows: Sequence[dict],
+    random_score: float | None,
+    title: str = "",
+    teacher_score: float | None = None,
+):
     """A student's training metrics (`manifest["metrics"]`) against updates: loss, agreement
-    with the teacher on training minibatches, and game score."""
+    with the teacher on training minibatches, and game score beside the teacher's and a random
+    player's."""
     updates = [r["updates"] for r in rows]
     panels = (
         ("loss", "KL loss (nats)", "distillation loss"),
@@ -177,9 +183,13 @@ def student_curves(rows: Sequence[dict], random_score: float | None, title: str 
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
     axes[1].set_ylim(0, 1.02)
-    if random_score is not None:
-        axes[2].axhline(random_score, color="grey", ls="--", label="random player")
-        axes[2].legend(fontsize=8, loc="best")
+    for score, label, colour in (
+        (teacher_score, "teacher", "C1"),
+        (random_score, "random", "grey"),
+    ):
+        if score is not None:
+            axes[2].axhline(score, color=colour, ls="--", label=f"{label} player")
+    axes[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

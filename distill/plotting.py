@@ -344,7 +344,8 @@ def confusion_matrix(
     counts = np.asarray(counts)
     n = counts.shape[0]
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
     for i in range(n):
         for j in range(n):
             ax.text(
@@ -458,7 +459,8 @@ def linear_weights(
                 ax.set_title(channel_names[i], fontsize=8)
             if i == 0:
                 ax.set_ylabel(action_names[j], fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.8)
+    label = "weight minus its mean over actions\n(output per object; red: towards the action)"
+    fig.colorbar(image, ax=axes, shrink=0.8, label=label)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

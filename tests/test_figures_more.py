@@ -78,3 +78,18 @@ def test_saliency_rows_share_one_scale_and_have_colour_bars():
     )
     assert len(atari.axes) == 3
     plt.close(atari)
+
+
+def test_maps_carry_labelled_colour_bars_and_scores_their_references():
+    from distill import plotting
+
+    ax = plotting.confusion_matrix(np.array([[3, 1], [0, 4]]), ["NOOP", "FIRE"])
+    bars = [a for a in ax.figure.axes if a is not ax]
+    assert len(bars) == 1 and "share" in bars[0].get_ylabel()
+    fig = plotting.linear_weights(np.zeros((2, 2, 3, 2)), action_names=["NOOP", "FIRE"])
+    assert any("mean over actions" in a.get_ylabel() for a in fig.axes)
+    rows = [{"updates": u, "loss": 1.0, "agreement": 0.5, "score": -20.0} for u in (10, 20)]
+    fig = figures_more.student_curves(rows, -20.5, teacher_score=18.0)
+    names = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+    assert names == ["student", "teacher player", "random player"]
+    plt.close("all")
