@@ -58,8 +58,12 @@ def online_distillation(
     student_config: student.StudentConfig,
     online: OnlineConfig,
     progress: bool = True,
+    snapshot_rounds: tuple[int, ...] = (),
 ) -> dict:
-    """Run the teacher and the student side by side; returns per-round scores and stability."""
+    """Run the teacher and the student side by side; returns per-round scores and stability,
+    and with `snapshot_rounds` (1-based) both networks' parameters after those rounds under
+    "snapshots" ({round: {"teacher": params, "student": params}}: arrays, for watching them
+    play, not for a results.json)."""
     from tqdm.auto import tqdm
 
     env_id = teacher_config.env_id
@@ -102,7 +106,7 @@ def online_distillation(
     g_state = gen_init(k_g)
     s_state = distiller.init(k_s)
     window = None
-    rows = []
+    rows, snapshots = [], {}
     hyper = jax.tree_util.tree_map(jnp.float32, s_config.hyper)  # the loss's, e.g. tau
     for r in tqdm(range(online.rounds), desc=f"online {env_id}", disable=not progress):
         t_state, _ = run_teacher(t_state, chunk)
@@ -126,6 +130,9 @@ def online_distillation(
                 "agreement": float(m.agreement[0]),
             }
         )
+        if r + 1 in snapshot_rounds:
+            snapshots[r + 1] = {"teacher": t_state.params, "student": s_state.params}
+    extra = {"snapshots": snapshots} if snapshot_rounds else {}
     return {
         "env_id": env_id,
         "rows": rows,
@@ -137,4 +144,5 @@ def online_distillation(
             "online": dataclasses.asdict(online),
         },
         "spec": {"num_actions": spec.num_actions},
+        **extra,
     }

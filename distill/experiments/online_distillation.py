@@ -19,8 +19,10 @@ def online(
     env_id: str | None = None,
     progress: bool = True,
     tau: float = losses.DEFAULT_TAU,
+    snapshot_rounds: tuple[int, ...] = (),
 ) -> dict:
-    """Online distillation on one game: teacher and student evaluated after every round."""
+    """Online distillation on one game: teacher and student evaluated after every round (and
+    their parameters after `snapshot_rounds`, see `online.online_distillation`)."""
     env_id = env_id or b.games[0]
     net = common.net_of(b, "teacher")  # the budget's teacher size, for teacher and student
     t_config = teacher.default_config(env_id, total_steps=b.online_teacher_steps, net=net)
@@ -32,7 +34,7 @@ def online(
         updates_per_round=max(b.fixed_student_updates // 10, 100),
         eval_episodes=b.eval_episodes,
     )
-    return onl.online_distillation(t_config, s_config, o_config, progress=progress)
+    return onl.online_distillation(t_config, s_config, o_config, progress, snapshot_rounds)
 
 
 def run(
