@@ -124,12 +124,15 @@ def multitask(
     runs_dir: Path | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    keep_students: bool = False,
 ) -> dict:
     """One multi-task student distilled from every game's teacher (NLL and KL), against a
     multi-task DQN with the same architecture trained on all games jointly. The trunk is the
     budget's `multitask_net` at its teacher size (`common.net_of`). On Atari the students train
     in host loops (`multitask_atari`; `mesh` unused) and the DQN is not run (`DQN_ON_ATARI`;
-    `multitask_dqn_steps` refused there, `check_budget`)."""
+    `multitask_dqn_steps` refused there, `check_budget`). With `keep_students` the distilled
+    students' parameters come back under "students" ({loss: params with a seeds axis}: arrays,
+    for `student_policy`, not for a results.json)."""
     check_budget(b)
     runs_dir = Path(runs_dir or paths.runs_dir())
     games = tuple(b.games)
@@ -143,7 +146,7 @@ def multitask(
         policies.append(policy)
         sets.append(data)
         teacher_steps += int(policy.manifest.get("env_steps", b.teacher_steps))
-    rows = []
+    rows, kept = [], {}
 
     def add_rows(method: str, scores: np.ndarray) -> None:  # scores [seeds, games, episodes]
         for seed in range(scores.shape[0]):
@@ -176,6 +179,7 @@ def multitask(
             params = regimes.multitask_students(config, policies, b, runs_dir, progress)
         network = mt.build(games, config.net)
         add_rows(f"distilled-{loss}", heads_scores(network, params, games, b.eval_episodes))
+        kept[loss] = params
     dqn_steps = None if atari else b.multitask_dqn_steps or teacher_steps
     if dqn_steps is not None:
         scores = np.stack(
@@ -199,7 +203,23 @@ def multitask(
         "params": multitask_params(games, trunk),
         "actions": [envs.spec(g).num_actions for g in games],
         "budget": dataclasses.asdict(b),
+        **({"students": kept} if keep_students else {}),
     }
+
+
+def student_policy(result: dict, env_id: str, loss: str = "kl", seed: int = 0):
+    """The multi-task student of `multitask(..., keep_students=True)` playing `env_id` through
+    its head for that game, as a `checkpoint.Policy` (what `play.watch` takes)."""
+    from distill import checkpoint
+
+    games = tuple(t["game"] for t in result["teachers"])
+    k = games.index(env_id)
+    network = mt.build(games, result["net"])
+    one = jax.tree_util.tree_map(lambda x: np.asarray(x)[seed], result["students"][loss])
+    manifest = {"kind": f"multi-task {loss.upper()}", "env_id": env_id, "net": result["net"]}
+    apply = mt.head_apply(network, games, k)
+    num_actions = envs.spec(env_id).num_actions
+    return checkpoint.Policy(env_id, result["net"], num_actions, one, manifest, "multi-task", apply)
 
 
 def multitask_dqn_scores(
