@@ -245,11 +245,23 @@ def multitask_figure(result: dict):
 
 
 def online_figure(result: dict):
-    """Teacher and student evaluation scores against the teacher's env steps, round by round."""
+    """Teacher and student evaluation scores against the teacher's env steps, round by round
+    (a line per seed, the first seed's labelled, when the result has several)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["env_steps"] for r in result["rows"]]
-    ax.plot(steps, [r["teacher_score"] for r in result["rows"]], "o-", ms=3, label="teacher")
-    ax.plot(steps, [r["student_score"] for r in result["rows"]], "s-", ms=3, label="student")
+    seeds = list(dict.fromkeys(r.get("seed", 0) for r in result["rows"]))
+    for i, seed in enumerate(seeds):
+        rows = [r for r in result["rows"] if r.get("seed", 0) == seed]
+        steps = [r["env_steps"] for r in rows]
+        for who, style, colour in (("teacher", "o-", "C0"), ("student", "s-", "C1")):
+            label = (
+                (f"{who}" + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else ""))
+                if i == 0
+                else None
+            )
+            scores = [r[f"{who}_score"] for r in rows]
+            ax.plot(
+                steps, scores, style, ms=3, color=colour, alpha=1 if i == 0 else 0.5, label=label
+            )
     ax.set_xlabel("teacher env steps")
     ax.set_ylabel("evaluation score")
     ax.set_title(f"online distillation, {result['env_id']}", fontsize=10)

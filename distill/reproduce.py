@@ -82,8 +82,8 @@ def _run_stage(
 
 
 # budget fields added after runs were written, at the value those runs had where it is not the
-# field's default (the full budget's multi-task DQN had one run before it had 3)
-BEFORE_FIELD = {"multitask_dqn_seeds": 1}
+# field's default (the full budget's multi-task DQN and online stage had one run before 3)
+BEFORE_FIELD = {"multitask_dqn_seeds": 1, "online_seeds": 1}
 # budget fields that one stage alone reads: the other stages' finished results stay valid when
 # they change (`--multitask-dqn-seeds 3` reruns the multi-task stage, not the loss comparison)
 STAGE_FIELDS = {
@@ -94,6 +94,7 @@ STAGE_FIELDS = {
         "online_rounds",
         "online_rows_per_round",
         "online_window_rounds",
+        "online_seeds",
     ),
 }
 

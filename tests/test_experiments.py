@@ -439,3 +439,53 @@ def test_budget_compression_nets_are_the_papers_sizes():
         experiments.budget("full", compression_nets=())
     with pytest.raises(ConfigError, match="distinct"):
         experiments.budget("full", compression_nets=("net1", "net1"))
+
+
+def test_online_seeds_are_combined_and_shown_per_seed():
+    import matplotlib.pyplot as plt
+
+    from distill.experiments import online_distillation as od
+
+    def result(seed, base):
+        rows = [
+            {"round": i + 1, "env_steps": 100 * (i + 1), "teacher_score": base + i}
+            | {"student_score": base + i / 2, "student_loss": 0.1, "agreement": 0.9}
+            for i in range(4)
+        ]
+        teacher = {"spread": 1.0 + seed, "worst_drop": 0.0, "final": base + 3, "best": base + 3}
+        student = {"spread": 0.5, "worst_drop": 0.0, "final": base + 1.5, "best": base + 1.5}
+        return {"env_id": ENV, "rows": rows, "teacher": teacher, "student": student}
+
+    one = result(0, 1.0)
+    assert od.combine_seeds([one]) is one and len(od.online_table(one)) == 2
+    both = od.combine_seeds([one, result(1, 3.0)])
+    assert [r["seed"] for r in both["rows"]] == [0] * 4 + [1] * 4
+    assert both["teacher"] == one["teacher"] and [r["seed"] for r in both["runs"]] == [0, 1]
+    table = od.online_table(both)
+    assert [(r["policy"], r["seed"]) for r in table][-2:] == [
+        ("teacher", "mean"),
+        ("student", "mean"),
+    ]
+    assert table[-2]["spread"] == 1.5 and table[-1]["final"] == 3.5
+    fig = experiments.online_figure(both)
+    assert len(fig.axes[0].lines) == 4
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "teacher (2 seeds)",
+        "student (2 seeds)",
+    ]
+    plt.close(fig)
+
+
+def test_online_stage_runs_each_seed(tmp_path):
+    from distill.experiments import online_distillation as od
+
+    b = dataclasses.replace(TINY, online_teacher_steps=20_000, online_seeds=2)
+    result = od.run(b, runs_dir=tmp_path, progress=False)
+    first = od.online(b, progress=False)
+    assert [r["seed"] for r in result["rows"]] == [0, 0, 1, 1]
+    assert [r["teacher_score"] for r in result["rows"][:2]] == [
+        r["teacher_score"] for r in first["rows"]
+    ]
+    scores = [(r["teacher_score"], r["student_score"]) for r in result["rows"]]
+    assert scores[2:] != scores[:2]  # seed 1 is another run
+    assert (tmp_path / "tb" / "online" / "seed1").is_dir()

@@ -64,7 +64,7 @@ def test_a_stage_finished_before_a_budget_field_existed_still_counts(minatar_smo
     saved = marker.read_text()
     done = json.loads(saved)
     try:
-        for field in ("regime", "teachers", "multitask_net", "multitask_dqn_seeds"):
+        for field in ("regime", "teachers", "multitask_net", "multitask_dqn_seeds", "online_seeds"):
             del done["key"]["budget"][field]
         marker.write_text(json.dumps(done))
         reproduce.reproduce("minatar", "smoke", minatar_smoke, progress=False, only=())
@@ -203,6 +203,9 @@ def test_a_finished_stage_is_kept_when_only_another_stages_fields_change():
     assert reproduce._same_key(
         {**done, "budget": {**old, "multitask_dqn_seeds": 3}}, key, "multitask"
     )
+    no_online_seeds = {k: v for k, v in old.items() if k != "online_seeds"}
+    assert not reproduce._same_key({**done, "budget": no_online_seeds}, key, "online")  # 1 then
+    assert reproduce._same_key({**done, "budget": no_online_seeds}, key, "losses")
     nets = {**key["budget"], "compression_nets": ["net1", "net2", "net3"]}
     assert reproduce._same_key({"suite": "minatar", "budget": nets}, key, "losses")
     assert not reproduce._same_key({"suite": "minatar", "budget": nets}, key, "compression")

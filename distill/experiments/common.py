@@ -86,6 +86,9 @@ class Budget:
     multitask_dqn_seeds: int = 1
     """multi-task DQN runs, one per seed (the claim that the distilled student beats it needs an
     interval over runs: at least 3)"""
+    online_seeds: int = 1
+    """independent online runs (teacher and student seeds 0, 1, ...): the stability claim needs
+    an interval over runs, at least 3"""
 
     @property
     def fixed_student_updates(self) -> int:
@@ -130,6 +133,7 @@ class Budget:
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, name, value, "must be an integer >= 0")
         positive_int("multitask_dqn_seeds", self.multitask_dqn_seeds)
+        positive_int("online_seeds", self.online_seeds)
         require(
             isinstance(self.compression_nets, tuple)
             and len(self.compression_nets) > 0
@@ -248,6 +252,7 @@ BUDGETS = {
         plateau_delta=0.001,
         fixed_updates=10_000,
         multitask_dqn_seeds=3,  # an interval over runs for the distilled-vs-DQN claim
+        online_seeds=3,  # and for the online student's stability
     ),
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from distill import losses, report, student, teacher
 from distill import online as onl
@@ -20,13 +21,17 @@ def online(
     progress: bool = True,
     tau: float = losses.DEFAULT_TAU,
     snapshot_rounds: tuple[int, ...] = (),
+    seed: int = 0,
 ) -> dict:
-    """Online distillation on one game: teacher and student evaluated after every round (and
-    their parameters after `snapshot_rounds`, see `online.online_distillation`)."""
+    """Online distillation on one game, teacher and student from `seed`: both evaluated after
+    every round (and their parameters kept after `snapshot_rounds`, see
+    `online.online_distillation`)."""
     env_id = env_id or b.games[0]
     net = common.net_of(b, "teacher")  # the budget's teacher size, for teacher and student
-    t_config = teacher.default_config(env_id, total_steps=b.online_teacher_steps, net=net)
-    s_config = student.StudentConfig(loss="kl", tau=tau, net=net)
+    t_config = teacher.default_config(
+        env_id, total_steps=b.online_teacher_steps, net=net, seed=seed
+    )
+    s_config = student.StudentConfig(loss="kl", tau=tau, net=net, seed=seed)
     o_config = onl.OnlineConfig(
         rounds=b.online_rounds,
         rows_per_round=b.online_rows_per_round,
@@ -45,13 +50,28 @@ def run(
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
-    """`online` as the registry calls it: one teacher and one student, on one device (a
-    reproduction's mesh is for the other stages); with `runs_dir`, its rounds as TensorBoard
-    scalars in runs_dir/tb/online."""
-    result = online(b, progress=progress, tau=tau)
+    """`online` as the registry calls it, once per seed of `b.online_seeds`, on one device (a
+    reproduction's mesh is for the other stages): seed 0's result, its rows and those of the
+    other seeds marked with their "seed", and each seed's stability under "runs"; with
+    `runs_dir`, each seed's rounds as TensorBoard scalars in runs_dir/tb/online[/seed<s>]."""
+    results = [online(b, progress=progress, tau=tau, seed=s) for s in range(b.online_seeds)]
     if runs_dir is not None:
-        log_rounds(result, Path(runs_dir) / "tb" / "online")
-    return result
+        for s, r in enumerate(results):
+            log_rounds(r, Path(runs_dir) / "tb" / "online" / (f"seed{s}" if s else ""))
+    return combine_seeds(results)
+
+
+def combine_seeds(results: list[dict]) -> dict:
+    """One result of several seeds' (`online`): the first's, with every seed's rows (each
+    marked with its "seed") and `runs`, each seed's teacher and student stability. With one
+    seed, that seed's result unchanged."""
+    if len(results) == 1:
+        return results[0]
+    rows = [{**row, "seed": s} for s, r in enumerate(results) for row in r["rows"]]
+    runs = [
+        {"seed": s, "teacher": r["teacher"], "student": r["student"]} for s, r in enumerate(results)
+    ]
+    return {**results[0], "rows": rows, "runs": runs}
 
 
 def log_rounds(result: dict, folder: Path) -> None:
@@ -71,8 +91,20 @@ def log_rounds(result: dict, folder: Path) -> None:
 
 
 def online_table(result: dict) -> list[dict]:
-    """Teacher and student: final score and stability over the second half of training."""
-    return [{"policy": who, **result[who]} for who in ("teacher", "student")]
+    """Teacher and student: final score and stability over the second half of training (per
+    seed, then their mean, when the result has several)."""
+    runs = result.get("runs") or [{"teacher": result["teacher"], "student": result["student"]}]
+    rows = [
+        {"policy": who, **({"seed": r["seed"]} if "seed" in r else {}), **r[who]}
+        for r in runs
+        for who in ("teacher", "student")
+    ]
+    if len(runs) > 1:
+        for who in ("teacher", "student"):
+            keys = runs[0][who]
+            mean = {k: float(np.mean([r[who][k] for r in runs])) for k in keys}
+            rows.append({"policy": who, "seed": "mean", **mean})
+    return rows
 
 
 def write_online(result: dict, out: str | Path) -> Path:
