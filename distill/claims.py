@@ -293,9 +293,11 @@ def compare_command(paths: list[str], labels: list[str] | None = None, reps=stat
     per results.json, labelled by its folder's name unless `labels` are given)."""
     from distill.config import ConfigError
 
-    labels = labels or [Path(p).parent.name or str(p) for p in paths]
-    if len(labels) != len(paths) or len(set(labels)) != len(labels):
-        raise ConfigError(f"--labels {','.join(labels)}: one distinct label per results.json")
+    given = labels is not None
+    labels = [x.strip() for x in labels] if given else [Path(p).parent.name for p in paths]
+    if len(labels) != len(paths) or len(set(labels)) != len(labels) or not all(labels):
+        what = f"--labels {','.join(labels)}" if given else f"folders {', '.join(labels)}"
+        raise ConfigError(f"{what}: give --labels a,b,... (one distinct label per results.json)")
     found = {}
     for label, path in zip(labels, paths, strict=True):
         try:
@@ -376,6 +378,8 @@ def stats_command(
             if out is not None:
                 raise ConfigError("--out takes one results.json; several print a comparison")
             return compare_command(list(path), labels.split(",") if labels else None, reps, seed)
+        if labels:
+            raise ConfigError("--labels names the columns of several results.json")
         path = path[0] if path else None
     if path is None:
         raise ConfigError("give a results.json, or --references A B")

@@ -131,9 +131,9 @@ def multitask_bars(result: dict, title: str = ""):
 
 
 def online_curves(result: dict, title: str = ""):
-    """Left: teacher and student scores per round against the teacher's env steps, the second
-    half (where the spread is measured) shaded. Right: the student's agreement with the
-    teacher's greedy action on its training window."""
+    """One seed's run (`experiments.online`). Left: teacher and student scores per round
+    against the teacher's env steps, the second half (where the spread is measured) shaded.
+    Right: the student's agreement with the teacher's greedy action on its training window."""
     rows = result["rows"]
     steps = np.array([r["env_steps"] for r in rows]) / 1e3
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]})

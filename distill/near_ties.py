@@ -209,7 +209,17 @@ def plot(files: Sequence[str], out: str) -> Path:
             raise ConfigError(f"{f}: not a readable near_ties --out file ({e})") from None
         if not isinstance(rows, list):
             raise ConfigError(f"{f}: not a near_ties --out file (no rows)")
+        if Path(f).stem in sets:
+            raise ConfigError(f"{f}: a second file named {Path(f).stem}; rename one")
         sets[Path(f).stem] = rows
+    for kind in ("g", "gap"):  # the panels' x: every file of a kind on the same g or bands
+        xs = {
+            tuple(r[kind] for r in rows if r["game"] == rows[0]["game"])
+            for rows in sets.values()
+            if rows and kind in rows[0]
+        }
+        if len(xs) > 1:
+            raise ConfigError(f"{', '.join(files)}: their {kind} values differ; draw them apart")
     fig = figure(sets)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

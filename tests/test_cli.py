@@ -369,3 +369,5 @@ def test_stats_of_several_runs_sets_their_verdicts_side_by_side(capsys, tmp_path
     assert cli.main(["stats", small, large, "--labels", "a,a"]) == cli.EXIT_USAGE
     assert "one distinct label" in capsys.readouterr().err
     assert cli.main(["stats", small, large, "--out", str(tmp_path / "x")]) == cli.EXIT_USAGE
+    assert cli.main(["stats", small, "--labels", "a"]) == cli.EXIT_USAGE
+    assert "several results.json" in capsys.readouterr().err

@@ -90,6 +90,15 @@ def test_the_figure_draws_saved_rows_and_refuses_other_files(tmp_path):
     out = tmp_path / "near.png"
     near_ties.main(["--plot", ",".join(map(str, files)), "--figure", str(out)])
     assert out.stat().st_size > 1000
+    (tmp_path / "again").mkdir()
+    twin = tmp_path / "again" / "small.json"
+    twin.write_text(files[0].read_text())
+    with pytest.raises(ConfigError, match="a second file named small"):
+        near_ties.plot([str(files[0]), str(twin)], str(out))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": [{**r, "g": 2 * r["g"]} for r in teacher]}))
+    with pytest.raises(ConfigError, match="their g values differ"):
+        near_ties.plot([str(files[0]), str(other)], str(out))
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="bad.json"):
