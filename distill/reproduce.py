@@ -240,6 +240,7 @@ def reproduce(
         "stage_wall_s": timings,  # summed over the sessions that ran each stage
         "stage_cpu_s": cpu,
         "stages": stages,
+        "asked": list(stages if only is None else only),  # --stages (all by default)
         "command": f"distill reproduce --suite {suite} --budget {budget_name} --out {out}"
         + (f" --stages {','.join(only)}" if only else "")
         + "".join(f" {cliconf.flag(k)} {cliconf.shown(v)}" for k, v in (overrides or {}).items()),
@@ -347,13 +348,18 @@ def render_report(meta: dict, results: dict, claims_section: str = "") -> str:
         + _cpu_note(meta),
         "",
     ]
-    missing = [s for s in meta.get("stages", []) if s not in results]
+    stages = meta.get("stages", [])
+    asked = meta.get("asked", stages)
+    missing = [s for s in stages if s not in results and s in asked]
     if missing:
         lines += [
             f"**Unfinished, not run yet: {', '.join(missing)}** (run the command again to "
             "continue; finished students are kept in `students/`).",
             "",
         ]
+    left = [s for s in stages if s not in results and s not in asked]
+    if left:
+        lines += [f"Not asked for (`--stages`): {', '.join(left)}.", ""]
     if claims_section:
         lines += [claims_section, ""]
     lines += [

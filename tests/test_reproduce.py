@@ -124,7 +124,8 @@ def test_only_the_named_stages_run(minatar_smoke, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "compression: not asked for, left" in printed
     assert printed.count("finished before, skipped") == 4
-    assert "Unfinished, not run yet: compression" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Not asked for (`--stages`): compression" in report and "Unfinished" not in report
     # the smoke budget has one game, hence no multi-task stage
     with pytest.raises(ConfigError, match=r"stages=\['multitask'\] not in the minatar suite"):
         reproduce.reproduce("minatar", "smoke", out, only=("multitask",))
@@ -134,7 +135,7 @@ def test_a_run_that_runs_nothing_still_reports(tmp_path):
     """No stage finished before and none asked for: the report still says what is missing."""
     out = reproduce.reproduce("minatar", "smoke", tmp_path / "run", progress=False, only=())
     report = (out / "report.md").read_text()
-    assert "Unfinished, not run yet: teachers, losses, compression, online" in report
+    assert "Not asked for (`--stages`): teachers, losses, compression, online" in report
     assert json.loads((out / "results.json").read_text())["results"] == {}
 
 
