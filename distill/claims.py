@@ -270,10 +270,11 @@ def render_markdown(summaries: dict, verdicts: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def side_by_side(found: dict[str, list[dict]]) -> str:
+def side_by_side(found: dict[str, list[dict]], stages: dict[str, set[str]]) -> str:
     """A markdown table of the claims (rows) against several runs (columns, `{label: verdicts}`):
-    each cell the verdict and its evidence, "not run" where that run lacks the claim's stage.
-    The premise a run changes (teacher size, games) is read across a row."""
+    each cell the verdict and its evidence, "not run" where that run's results lack the claim's
+    stage (`stages`: label -> the stages its results.json holds). The premise a run changes
+    (teacher size, games) is read across a row."""
     labels = list(found)
     names = list(dict.fromkeys(v["claim"] for vs in found.values() for v in vs))
     rows = []
@@ -282,7 +283,7 @@ def side_by_side(found: dict[str, list[dict]]) -> str:
         for label in labels:
             v = next((v for v in found[label] if v["claim"] == name), None)
             paper = paper or (v or {}).get("paper", "")
-            ran = v is not None and not v["evidence"].startswith(f"no {v['stage']} results")
+            ran = v is not None and v["stage"] in stages[label]
             cells.append(f"*{v['verdict']}*: {v['evidence']}" if ran else "not run")
         rows.append([f"**{name}**", paper, *cells])
     return "\n".join(_table(["claim", "paper", *labels], rows)) + "\n"
@@ -298,13 +299,15 @@ def compare_command(paths: list[str], labels: list[str] | None = None, reps=stat
     if len(labels) != len(paths) or len(set(labels)) != len(labels) or not all(labels):
         what = f"--labels {','.join(labels)}" if given else f"folders {', '.join(labels)}"
         raise ConfigError(f"{what}: give --labels a,b,... (one distinct label per results.json)")
-    found = {}
+    found, stages = {}, {}
     for label, path in zip(labels, paths, strict=True):
+        results = load_results(path)
+        stages[label] = set(results)
         try:
-            found[label] = verdicts(load_results(path), None, reps, seed)
+            found[label] = verdicts(results, None, reps, seed)
         except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"{path}: malformed results ({type(e).__name__}: {e})") from e
-    return side_by_side(found)
+    return side_by_side(found, stages)
 
 
 def paper_levels(stage: str = "compression") -> dict[str, float]:
