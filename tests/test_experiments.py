@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import shutil
 
 import jax
@@ -489,3 +490,50 @@ def test_online_stage_runs_each_seed(tmp_path):
     scores = [(r["teacher_score"], r["student_score"]) for r in result["rows"]]
     assert scores[2:] != scores[:2]  # seed 1 is another run
     assert (tmp_path / "tb" / "online" / "seed1").is_dir()
+    # each seed is kept: a stage stopped after seed 0 resumes at seed 1, reading seed 0 back
+    kept = sorted((tmp_path / "online-seeds").glob("*.json"))
+    assert [p.name.split("_")[1] for p in kept] == ["s0", "s1"]
+    kept[1].unlink()
+    ran = []
+    real = od.online
+    od_online = lambda b, **kw: ran.append(kw["seed"]) or real(b, **kw)  # noqa: E731
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(od, "online", od_online)
+        again = od.run(b, runs_dir=tmp_path, progress=False)
+    assert ran == [1] and again["rows"] == json.loads(json.dumps(result["rows"]))
+    # a damaged one is refused by name
+    kept[0].write_text("{")
+    with pytest.raises(checkpoint.CheckpointError, match=f"{kept[0].name} is damaged"):
+        od.run(b, runs_dir=tmp_path, progress=False)
+
+
+def test_multitask_students_are_kept_and_read_back(tmp_path, monkeypatch):
+    """A MinAtar multi-task stage keeps each loss's students in OUT/students (a stage stopped
+    after NLL resumes at KL) and reads them back whole; another config's folder is refused."""
+    from sharding_checks import MULTI_STUDENT, synthetic_minatar
+
+    from distill import student
+    from distill.experiments import multitask_distillation as md
+
+    config = student.StudentConfig(**MULTI_STUDENT)
+    sets = [synthetic_minatar(g) for g in MULTI_GAMES]
+    params = md.cached_students(config, MULTI_GAMES, sets, 2, tmp_path)
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith(
+        "multitask_Breakout-MinAtar+SpaceInvaders"
+    ) and folder.name.endswith("_x2")
+
+    def no_training(*args):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(md, "distil_multitask_students", no_training)
+    again = md.cached_students(config, MULTI_GAMES, sets, 2, tmp_path)
+    same = jax.tree_util.tree_map(np.array_equal, again, params)
+    assert all(jax.tree_util.tree_leaves(same))
+    assert jax.tree_util.tree_leaves(again)[0].shape[0] == 2  # the seeds axis
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "seeds": 3}))
+    with pytest.raises(
+        checkpoint.CheckpointError, match=re.escape(folder.name) + ".*another config"
+    ):
+        md.cached_students(config, MULTI_GAMES, sets, 2, tmp_path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -174,8 +175,26 @@ def test_five_game_multitask_with_the_wide_trunk(tmp_path, monkeypatch):
         seeds=2,
         eval_episodes=2,
     )
-    result = multitask_distillation.multitask(b, runs_dir=tmp_path, progress=False)
+    md = multitask_distillation
+    result = md.multitask(b, runs_dir=tmp_path, progress=False, keep_students=True)
     assert seen == {"games": FIVE, "net": "wide"}
+    # each loss's students are kept (a stage stopped after NLL resumes at KL) and read back
+    kept = sorted((tmp_path / "students").glob("multitask_*_x2"))
+    assert [p.name.split("_")[-3] for p in kept] == ["kl", "nll"]
+
+    def no_training(*args):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(md, "distil_multitask_students", no_training)
+    again = md.multitask(b, runs_dir=tmp_path, progress=False, keep_students=True)
+    same = jax.tree_util.tree_map(np.array_equal, again["students"], result["students"])
+    assert all(jax.tree_util.tree_leaves(same)) and again["rows"] == result["rows"]
+    manifest = json.loads((kept[0] / "manifest.json").read_text())
+    (kept[0] / "manifest.json").write_text(json.dumps({**manifest, "games": FIVE[:4]}))
+    with pytest.raises(
+        checkpoint.CheckpointError, match=re.escape(kept[0].name) + ".*another config"
+    ):
+        md.multitask(b, runs_dir=tmp_path, progress=False)
     assert result["net"] == "wide" and result["channels_padded_to"] == 10
     assert result["params"] == _multitask_params(FIVE, "wide")
     rows = result["rows"]

@@ -3,12 +3,14 @@ round, from a teacher that is still training; both evaluated after every round."
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from distill import losses, report, student, teacher
+from distill import checkpoint, envs, losses, report, student, teacher
 from distill import online as onl
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common
@@ -53,12 +55,45 @@ def run(
     """`online` as the registry calls it, once per seed of `b.online_seeds`, on one device (a
     reproduction's mesh is for the other stages): seed 0's result, its rows and those of the
     other seeds marked with their "seed", and each seed's stability under "runs"; with
-    `runs_dir`, each seed's rounds as TensorBoard scalars in runs_dir/tb/online[/seed<s>]."""
-    results = [online(b, progress=progress, tau=tau, seed=s) for s in range(b.online_seeds)]
+    `runs_dir`, each seed's result kept in runs_dir/online-seeds (`cached_seed`: a stage stopped
+    between seeds resumes at the next one) and its rounds as TensorBoard scalars in
+    runs_dir/tb/online[/seed<s>]."""
+    results = [
+        cached_seed(b, tau, s, runs_dir, progress)
+        if runs_dir is not None
+        else online(b, progress=progress, tau=tau, seed=s)
+        for s in range(b.online_seeds)
+    ]
     if runs_dir is not None:
         for s, r in enumerate(results):
             log_rounds(r, Path(runs_dir) / "tb" / "online" / (f"seed{s}" if s else ""))
     return combine_seeds(results)
+
+
+def cached_seed(b: common.Budget, tau: float, seed: int, runs_dir: Path, progress: bool) -> dict:
+    """`online(b, tau=tau, seed=seed)`, read from runs_dir/online-seeds/<game>_s<seed>_<hash>.json
+    when a run of the same budget fields made it, else run and written there atomically."""
+    fields = ("online_teacher_steps", "online_rounds", "online_rows_per_round")
+    fields += ("online_window_rounds", "fixed_student_updates", "eval_episodes", "teachers")
+    env_id = b.games[0]
+    identity = {"env_id": env_id, "tau": tau, "seed": seed, **{f: getattr(b, f) for f in fields}}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(runs_dir) / "online-seeds" / f"{envs.spec(env_id).safe_name}_s{seed}_{digest}.json"
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+            same, result = stored["identity"] == identity, stored["result"]
+            rows_ok = isinstance(result["rows"], list) and isinstance(result["teacher"], dict)
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise checkpoint.CheckpointError(
+                f"{path} is damaged ({str(e)[:200]}); delete it to run seed {seed} again"
+            ) from None
+        if not (same and rows_ok):
+            raise checkpoint.CheckpointError(f"{path}: holds an online run of another budget")
+        return result
+    result = online(b, progress=progress, tau=tau, seed=seed)
+    atomic_write_json(path, {"identity": identity, "result": result})
+    return result
 
 
 def combine_seeds(results: list[dict]) -> dict:
