@@ -98,9 +98,15 @@ def stack_of(spec: envs.EnvSpec) -> int:
 
 
 def same_source(a: dict | None, b: dict | None) -> bool:
-    """Two fingerprints name the same source when all but their `path` agree (folders move)."""
-    strip = lambda d: {k: v for k, v in (d or {}).items() if k != "path"}  # noqa: E731
-    return a is not None and b is not None and strip(a) == strip(b)
+    """Two fingerprints name the same source when all but their `path`s agree, at any depth (a
+    dataset's fingerprint holds its teacher's: folders move, checkouts are cloned elsewhere)."""
+    return a is not None and b is not None and _without_paths(a) == _without_paths(b)
+
+
+def _without_paths(v):
+    if isinstance(v, dict):
+        return {k: _without_paths(x) for k, x in v.items() if k != "path"}
+    return v
 
 
 def teacher_fingerprint(policy) -> dict:

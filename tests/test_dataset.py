@@ -533,3 +533,15 @@ def test_atari_staggered_starts(pong_dataset, tmp_path):
     stacked = jax.jit(replay.stacked, static_argnums=3)
     rebuilt = np.asarray(stacked(data.as_replay(), jnp.asarray(t_idx), jnp.asarray(env), 4))
     np.testing.assert_array_equal(rebuilt.reshape(8, 4, 4, 84, 84), acted)
+
+
+def test_same_source_ignores_where_the_folders_are():
+    """A dataset's fingerprint holds its teacher's, path and all: cached students stay valid
+    when the checkout (and so the teacher's folder) moves, and only then."""
+    teacher = {"path": "/a/data/teachers/X", "env_id": "X", "params_sha256": "1" * 64}
+    fp = {"path": "/a/runs/d", "env_id": "X", "teacher": teacher, "manifest_files": {"s": "2"}}
+    moved = {**fp, "path": "/b/runs/d", "teacher": {**teacher, "path": "/b/data/teachers/X"}}
+    assert dataset.same_source(fp, moved)
+    other = {**moved, "teacher": {**moved["teacher"], "params_sha256": "3" * 64}}
+    assert not dataset.same_source(fp, other)
+    assert not dataset.same_source(fp, None)

@@ -160,7 +160,7 @@ def test_five_game_multitask_with_the_wide_trunk(tmp_path, monkeypatch):
     The multi-task DQN gets the same trunk (checked on its config; not trained here)."""
     seen = {}
 
-    def dqn_stub(games, steps, eval_episodes, runs_dir, progress=True, mesh=None, net="x"):
+    def dqn_stub(games, steps, eval_episodes, runs_dir, progress=True, mesh=None, net="x", seed=0):
         seen.update(games=games, net=net)
         return np.zeros((len(games), eval_episodes))
 
