@@ -14,7 +14,9 @@ gaps where the student disagrees says those decisions carry the score.
 
 With `--students RUNS` it reads instead the same-size students a `distill reproduce --budget
 full` run cached in `RUNS/students/` (never training one) and tells where their disagreements
-with the teacher lie: held-out agreement per band of the teacher's Q-gap (`by_gap`).
+with the teacher lie: held-out agreement per band of the teacher's Q-gap (`by_gap`). `--nets
+net1,net2,net3` reads the compression stage's students instead (with `--teachers large
+--seeds 3` those of a large-teacher run).
 
 `--plot A.json,B.json --figure OUT.png` draws what earlier `--out` files hold (`figure`), running
 nothing: the teachers' score against g, and the students' agreement per band.
@@ -103,39 +105,53 @@ def by_gap(q_teacher: np.ndarray, q_students: np.ndarray, edges: Sequence[float]
     return rows
 
 
-def cached_students(runs: Path, env_id: str, loss: str):
-    """The full budget's same-size `loss` students of `env_id` that a reproduce run cached in
-    `runs`, with their dataset: (params `[seeds, ...]`, dataset, config). Refused by name when
-    they are not there: this never trains."""
+def cached_students(runs: Path, env_id: str, loss: str, net: str = "teacher", **budget_fields):
+    """The full budget's (with `budget_fields`, e.g. teachers="large", seeds=3) `loss` students
+    of size `net` (teacher, net1-3) of `env_id` that a reproduce run cached in `runs`, with
+    their dataset: (params `[seeds, ...]`, dataset, config). Refused by name when they are not
+    there: this never trains."""
     from distill import dataset, experiments
     from distill.experiments import common, seeds
 
-    b = experiments.budget("full")
-    teacher = checkpoint.load(paths.shipped_teacher(env_id), env_id=env_id)
+    b = experiments.budget("full", **budget_fields)
+    teacher = checkpoint.load(paths.shipped_teacher(env_id, b.teachers), env_id=env_id)
     where = common.dataset_folder(teacher, b, runs)
     if not (where / checkpoint.MANIFEST).exists():
         raise ConfigError(f"{where}: no full-budget dataset of {env_id} there")
     data = dataset.load_dataset(str(where), env_id=env_id)
-    config = common.student_config(b, loss=loss, net="teacher")
+    config = common.student_config(b, loss=loss, net=common.net_of(b, net))
     folder = runs / "students" / seeds.student_folder_name(config, data, b.seeds)
     if not (folder / checkpoint.MANIFEST).exists():
-        raise ConfigError(f"{folder}: no finished {loss} students of {env_id} there")
+        raise ConfigError(f"{folder}: no finished {loss} {net} students of {env_id} there")
     _, state, _ = seeds._read_students(folder, config, data, b.seeds)
     return state.params, data, config
 
 
-def student_rows(runs: Path, env_id: str, losses: Sequence[str], edges) -> list[dict]:
-    """`by_gap` of each loss's cached students on the plateau rule's held-out states."""
+def student_rows(
+    runs: Path,
+    env_id: str,
+    losses: Sequence[str],
+    edges,
+    nets: Sequence[str] = ("teacher",),
+    **budget_fields,
+) -> list[dict]:
+    """`by_gap` of each loss's and size's cached students on the plateau rule's held-out
+    states, each row naming its game, loss and "net" (teacher: the same-size students)."""
     from distill import families, student
 
     rows = []
-    for loss in losses:
-        params, data, config = cached_students(runs, env_id, loss)
-        _, (obs, q_teacher) = student.held_out_split(config, data)
-        apply = families.build_network(env_id, config.net).apply
-        q = jax.vmap(lambda p, o=obs, f=apply: f(p, o))(params)
-        rows += [{"game": env_id, "loss": loss, **r} for r in by_gap(q_teacher, q, edges)]
+    for net in nets:
+        for loss in losses:
+            params, data, config = cached_students(runs, env_id, loss, net, **budget_fields)
+            _, (obs, q_teacher) = student.held_out_split(config, data)
+            apply = families.build_network(env_id, config.net).apply
+            q = jax.vmap(lambda p, o=obs, f=apply: f(p, o))(params)
+            tag = {"game": env_id, "loss": loss, "net": net}
+            rows += [{**tag, **r} for r in by_gap(q_teacher, q, edges)]
     return rows
+
+
+NET_STYLES = {"net1": "--", "net2": "-.", "net3": ":"}
 
 
 def figure(sets: dict[str, Sequence[dict]], title: str = ""):
@@ -154,11 +170,12 @@ def figure(sets: dict[str, Sequence[dict]], title: str = ""):
     colours = {}
     for ax, panel in zip(axes[0], panels, strict=True):
         for (label, rows), style in zip(panel.items(), styles * 4, strict=False):
-            for key in dict.fromkeys((r["game"], r.get("loss")) for r in rows):
-                mine = [r for r in rows if (r["game"], r.get("loss")) == key]
+            for key in dict.fromkeys((r["game"], r.get("loss"), r.get("net")) for r in rows):
+                mine = [r for r in rows if (r["game"], r.get("loss"), r.get("net")) == key]
                 game = key[0].replace("-MinAtar", "")
                 c = colours.setdefault(game, f"C{len(colours)}")
                 name = f"{game}, {label}" + (f", {key[1].upper()}" if key[1] else "")
+                name += f", {key[2]}" if key[2] not in (None, "teacher") else ""
                 if panel is teachers:
                     x = np.arange(len(mine))
                     base = mine[0]["score"] or 1.0
@@ -168,6 +185,7 @@ def figure(sets: dict[str, Sequence[dict]], title: str = ""):
                     ax.set_xticks(x, [f"{r['g']:g}" for r in mine])
                 else:
                     ls = style if key[1] in (None, "kl") else ":"
+                    ls = NET_STYLES.get(key[2], ls)  # a compressed student: by its size
                     x = np.arange(len(mine))
                     ax.plot(
                         x,
@@ -188,7 +206,7 @@ def figure(sets: dict[str, Sequence[dict]], title: str = ""):
             ax.set_xlabel("band of the teacher's Q-gap (best minus runner-up)")
             ax.set_ylabel("students' held-out agreement with the teacher")
             ax.set_ylim(0, 1.02)
-            ax.set_title("where same-size students disagree")
+            ax.set_title("where the students disagree")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
     if title:
@@ -236,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--students", default=None, metavar="RUNS", help="a full reproduce run's folder")
     p.add_argument("--losses", default="kl,nll", help="with --students: whose students")
+    p.add_argument("--nets", default="teacher", help="with --students: their sizes (net1, ...)")
+    p.add_argument("--seeds", type=int, default=None, help="with --students: the run's seeds")
     p.add_argument("--plot", default=None, metavar="JSONS", help="draw these --out files")
     p.add_argument("--figure", default=None, metavar="PNG", help="with --plot: where to draw")
     args = p.parse_args(argv)
@@ -253,7 +273,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for env_id in args.games.split(","):
         if args.students:  # bands between the gaps, the last one open
             edges = [*gaps, float("inf")]
-            rows += student_rows(Path(args.students), env_id, args.losses.split(","), edges)
+            fields = {"teachers": args.teachers}
+            fields |= {"seeds": args.seeds} if args.seeds else {}
+            losses, nets = args.losses.split(","), args.nets.split(",")
+            rows += student_rows(Path(args.students), env_id, losses, edges, nets, **fields)
             continue
         policy = checkpoint.load(paths.shipped_teacher(env_id, args.teachers), env_id=env_id)
         rows += table(env_id, gaps, scores(policy, gaps, args.episodes))

@@ -103,3 +103,23 @@ def test_the_figure_draws_saved_rows_and_refuses_other_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="bad.json"):
         near_ties.plot([str(bad)], str(out))
+
+
+def test_compressed_students_are_read_by_size_and_drawn_apart(tmp_path):
+    """`--nets net1,...` reads the compression stage's students (refused by name when absent)
+    and the figure draws each size as its own line."""
+    import matplotlib.pyplot as plt
+
+    with pytest.raises(ConfigError, match="no full-budget dataset of Asterix"):
+        near_ties.student_rows(tmp_path, "Asterix-MinAtar", ["kl"], [0, 1], ["net2"], seeds=3)
+    rows = [
+        {"game": "Asterix-MinAtar", "loss": "kl", "net": net, "gap": b, "agreement": a}
+        | {"states": 0.5}
+        for net in ("teacher", "net3")
+        for b, a in (("[0, 0.1)", 0.6), ("[0.1, inf)", 0.9))
+    ]
+    fig = near_ties.figure({"students": rows})
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["Asterix, students, KL", "Asterix, students, KL, net3"]
+    assert [line.get_linestyle() for line in fig.axes[0].lines] == ["-", ":"]
+    plt.close(fig)
