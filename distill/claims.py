@@ -289,7 +289,9 @@ def side_by_side(found: dict[str, list[dict]], stages: dict[str, set[str]]) -> s
     return "\n".join(_table(["claim", "paper", *labels], rows)) + "\n"
 
 
-def compare_command(paths: list[str], labels: list[str] | None = None, reps=stats.REPS, seed=0):
+def compare_command(
+    paths: list[str], labels: list[str] | None = None, reps=stats.REPS, seed=0, games=None
+):
     """`distill stats A.json B.json [--labels a,b]`: `side_by_side` of their verdicts (a column
     per results.json, labelled by its folder's name unless `labels` are given)."""
     from distill.config import ConfigError
@@ -301,7 +303,7 @@ def compare_command(paths: list[str], labels: list[str] | None = None, reps=stat
         raise ConfigError(f"{what}: give --labels a,b,... (one distinct label per results.json)")
     found, stages = {}, {}
     for label, path in zip(labels, paths, strict=True):
-        results = load_results(path)
+        results = load_results(path, games)
         stages[label] = set(results)
         try:
             found[label] = verdicts(results, None, reps, seed)
@@ -318,8 +320,9 @@ def paper_levels(stage: str = "compression") -> dict[str, float]:
     return {p.x: p.value for c in CLAIMS if c.stage == stage for p in c.parts if p.kind == "at"}
 
 
-def load_results(path: str | Path) -> dict:
-    """The "results" of a results.json; ConfigError (one line) when missing or not one."""
+def load_results(path: str | Path, games=None) -> dict:
+    """The "results" of a results.json (with `games`, every stage's per-game rows of those games
+    only: `only_games`); ConfigError (one line) when missing or not one."""
     from distill.config import ConfigError
 
     try:
@@ -328,7 +331,34 @@ def load_results(path: str | Path) -> dict:
         raise ConfigError(f"{path}: cannot read a results.json ({type(e).__name__})") from e
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise ConfigError(f'{path}: not a results.json (no "results" object)')
-    return data["results"]
+    return data["results"] if games is None else only_games(data["results"], games, path)
+
+
+def only_games(results: dict, games, path) -> dict:
+    """`results` with the per-game rows of `games` only (`distill stats --games`: a subset's
+    intervals and verdicts; rows of no game, the online stage's rounds, stay); a game that no
+    stage holds is refused by name."""
+    from distill.config import ConfigError
+
+    def per_game(stage) -> list:
+        rows = stage.get("rows") if isinstance(stage, dict) else None
+        return (
+            [r for r in rows if isinstance(r, dict) and "game" in r]
+            if isinstance(rows, list)
+            else []
+        )
+
+    held = {r["game"] for stage in results.values() for r in per_game(stage)}
+    missing = [g for g in games if g not in held]
+    if missing:
+        raise ConfigError(
+            f"{path}: no rows of {', '.join(missing)} (it has {', '.join(sorted(held))})"
+        )
+    keep = lambda r: not isinstance(r, dict) or r.get("game", games[0]) in games  # noqa: E731
+    return {
+        name: {**stage, "rows": [r for r in stage["rows"] if keep(r)]} if per_game(stage) else stage
+        for name, stage in results.items()
+    }
 
 
 def _finite(x):
@@ -369,24 +399,32 @@ def write(summaries: dict, verdicts_: list[dict], out: str | Path) -> list[Path]
 
 
 def stats_command(
-    path, out: str | Path | None = None, reps: int = stats.REPS, seed: int = 0, labels=None
+    path,
+    out: str | Path | None = None,
+    reps: int = stats.REPS,
+    seed: int = 0,
+    labels=None,
+    games=None,
 ) -> str:
     """`distill stats`: the markdown of a results.json's intervals and verdicts (and, with
-    `out`, the files of `write`); of several (a list), `compare_command` (`labels`: "a,b").
+    `out`, the files of `write`); of several (a list), `compare_command` (`labels`: "a,b"); with
+    `games` ("a,b" or a list), of those games' rows only.
     ConfigError (one line) for a file that is not a results.json or an `out` that is a file."""
     from distill.config import ConfigError
 
+    games = games.split(",") if isinstance(games, str) else games
     if isinstance(path, list | tuple):
         if len(path) > 1:
             if out is not None:
                 raise ConfigError("--out takes one results.json; several print a comparison")
-            return compare_command(list(path), labels.split(",") if labels else None, reps, seed)
+            names = labels.split(",") if labels else None
+            return compare_command(list(path), names, reps, seed, games)
         if labels:
             raise ConfigError("--labels names the columns of several results.json")
         path = path[0] if path else None
     if path is None:
         raise ConfigError("give a results.json, or --references A B")
-    results = load_results(path)
+    results = load_results(path, games)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder")
     try:

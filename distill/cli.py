@@ -242,8 +242,8 @@ def cmd_stats(args) -> int:
     if args.references:  # teacher folders (or reference.json): A/B on their shared episodes
         print(paired.compare_references(*args.references, args.reps, args.seed), end="")
     else:  # one results.json, or several side by side
-        text = claims.stats_command(args.results, args.out, args.reps, args.seed, args.labels)
-        print(text, end="")
+        a = args
+        print(claims.stats_command(a.results, a.out, a.reps, a.seed, a.labels, a.games), end="")
     return 0
 
 
@@ -446,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="95 %% bootstrap intervals and the paper's claims' verdicts")
     s.add_argument("results", nargs="*", help="results.json of reproduce (several: compared)")
     s.add_argument("--labels", help="with several results: their columns' names, a,b,...")
+    s.add_argument("--games", help="only these games' rows, a,b,... (a subset's intervals)")
     s.add_argument(
         "--references", nargs=2, metavar=("A", "B"), help="or: teachers A/B, shared episodes"
     )

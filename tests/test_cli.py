@@ -371,3 +371,29 @@ def test_stats_of_several_runs_sets_their_verdicts_side_by_side(capsys, tmp_path
     assert cli.main(["stats", small, large, "--out", str(tmp_path / "x")]) == cli.EXIT_USAGE
     assert cli.main(["stats", small, "--labels", "a"]) == cli.EXIT_USAGE
     assert "several results.json" in capsys.readouterr().err
+
+
+def test_stats_of_a_subset_of_games(capsys, tmp_path):
+    """`--games A` gives the intervals and verdicts of game A's rows alone; a game the file does
+    not hold is refused by name."""
+    rows = [
+        {"game": g, "seed": s, "loss": loss, "net": "teacher", "percent_of_teacher": v + s}
+        | {"random_normalised": (v + s) / 100}
+        for g, kl in (("A", 110.0), ("B", 50.0))
+        for loss, v in (("nll", 95.0), ("mse", 60.0), ("kl", kl))
+        for s in range(3)
+    ]
+    path = tmp_path / "results.json"
+    online = {"env_id": "A", "rows": [{"round": 1, "teacher_score": 1.0, "student_score": 1.0}]}
+    path.write_text(
+        json.dumps({"meta": {}, "results": {"losses": {"rows": rows}, "online": online}})
+    )
+    assert cli.main(["stats", str(path), "--reps", "100"]) == 0
+    both = capsys.readouterr().out
+    assert "| kl | 2 x 3 |" in both and "| kl | nll | 0.50 [0.50, 0.50] |" in both
+    assert cli.main(["stats", str(path), "--reps", "100", "--games", "A"]) == 0
+    one = capsys.readouterr().out
+    assert "| kl | 1 x 3 |" in one and "| kl | nll | 1.00 [1.00, 1.00] |" in one
+    assert cli.main(["stats", str(path), "--games", "A,C"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no rows of C (it has A, B)" in err and "\n" not in err.strip()
