@@ -507,33 +507,58 @@ def test_online_stage_runs_each_seed(tmp_path):
         od.run(b, runs_dir=tmp_path, progress=False)
 
 
-def test_multitask_students_are_kept_and_read_back(tmp_path, monkeypatch):
-    """A MinAtar multi-task stage keeps each loss's students in OUT/students (a stage stopped
-    after NLL resumes at KL) and reads them back whole; another config's folder is refused."""
+def test_multitask_students_train_in_chunks_resume_and_are_kept(tmp_path, monkeypatch):
+    """A MinAtar multi-task stage trains its students in chunks (a progress bar, checkpoints):
+    the params of one compiled call (to rounding), and the same bit for bit when the process dies
+    after a checkpoint and the run continues; a finished run is read back, not trained again;
+    another config is refused."""
     from sharding_checks import MULTI_STUDENT, synthetic_minatar
 
     from distill import student
     from distill.experiments import multitask_distillation as md
+    from distill.experiments import multitask_students as ms
 
-    config = student.StudentConfig(**MULTI_STUDENT)
+    config = student.StudentConfig(**{**MULTI_STUDENT, "updates": 40})  # 4 blocks of 10
     sets = [synthetic_minatar(g) for g in MULTI_GAMES]
-    params = md.cached_students(config, MULTI_GAMES, sets, 2, tmp_path)
-    (folder,) = tmp_path.iterdir()
-    assert folder.name.startswith(
-        "multitask_Breakout-MinAtar+SpaceInvaders"
-    ) and folder.name.endswith("_x2")
+    arrays = tuple(d.arrays() for d in sets)
+    whole, _ = md.distil_multitask_students(config, MULTI_GAMES, arrays, 2)
+    monkeypatch.setattr(ms, "CHUNKS", 4)  # a block a chunk
+    monkeypatch.setattr(ms.StudentsJob, "checkpoint_every_s", 0.0)  # a checkpoint every chunk
+    chunked = ms.trained(config, MULTI_GAMES, sets, 2, progress=False)
+    pairs = lambda a, b: zip(*map(jax.tree_util.tree_leaves, (a, b)), strict=True)  # noqa: E731
+    for a, b in pairs(chunked, whole):  # other programs, so not bit for bit: within 1e-5
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
-    def no_training(*args):
+    def assert_same(params):  # a resumed or read-back run: bit for bit
+        for a, b in pairs(params, chunked):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    saved, write = [], checkpoint.write_checkpoint
+
+    def killed_after_two_saves(*args, **kwargs):
+        write(*args, **kwargs)
+        saved.append(args[2]["updates"])
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "write_checkpoint", killed_after_two_saves)
+        with pytest.raises(KeyboardInterrupt):
+            ms.trained(config, MULTI_GAMES, sets, 2, tmp_path, progress=False)
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("multitask_Breakout-MinAtar+SpaceInvaders")
+    assert folder.name.endswith("_s2") and saved == [10, 20]
+    assert checkpoint.read_manifest(folder)["status"] == "running"
+    assert_same(ms.trained(config, MULTI_GAMES, sets, 2, tmp_path, progress=False))
+    manifest = checkpoint.read_manifest(folder)
+    assert manifest["status"] == "complete" and manifest["updates"] == 40
+    assert [r["updates"] for r in manifest["metrics"]] == [10, 20, 30, 40]
+
+    def no_training(state):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(md, "distil_multitask_students", no_training)
-    again = md.cached_students(config, MULTI_GAMES, sets, 2, tmp_path)
-    same = jax.tree_util.tree_map(np.array_equal, again, params)
-    assert all(jax.tree_util.tree_leaves(same))
-    assert jax.tree_util.tree_leaves(again)[0].shape[0] == 2  # the seeds axis
-    manifest = json.loads((folder / "manifest.json").read_text())
+    monkeypatch.setattr(ms.StudentsJob, "advance", no_training)
+    assert_same(ms.trained(config, MULTI_GAMES, sets, 2, tmp_path, progress=False))
     (folder / "manifest.json").write_text(json.dumps({**manifest, "seeds": 3}))
-    with pytest.raises(
-        checkpoint.CheckpointError, match=re.escape(folder.name) + ".*another config"
-    ):
-        md.cached_students(config, MULTI_GAMES, sets, 2, tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(str(folder))):
+        ms.trained(config, MULTI_GAMES, sets, 2, tmp_path, progress=False)

@@ -16,7 +16,13 @@ import pytest
 from distill import checkpoint, cli, cliconf, families, networks, paths, reproduce, teacher
 from distill import multitask as mt
 from distill.config import ConfigError
-from distill.experiments import common, multitask_distillation, paired, policy_compression
+from distill.experiments import (
+    common,
+    multitask_distillation,
+    multitask_students,
+    paired,
+    policy_compression,
+)
 
 GAME = "Breakout-MinAtar"
 FIVE = common.MINATAR_FIVE
@@ -179,13 +185,13 @@ def test_five_game_multitask_with_the_wide_trunk(tmp_path, monkeypatch):
     result = md.multitask(b, runs_dir=tmp_path, progress=False, keep_students=True)
     assert seen == {"games": FIVE, "net": "wide"}
     # each loss's students are kept (a stage stopped after NLL resumes at KL) and read back
-    kept = sorted((tmp_path / "students").glob("multitask_*_x2"))
+    kept = sorted((tmp_path / "students").glob("multitask_*_s2"))
     assert [p.name.split("_")[-3] for p in kept] == ["kl", "nll"]
 
     def no_training(*args):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(md, "distil_multitask_students", no_training)
+    monkeypatch.setattr(multitask_students.StudentsJob, "advance", no_training)
     again = md.multitask(b, runs_dir=tmp_path, progress=False, keep_students=True)
     same = jax.tree_util.tree_map(np.array_equal, again["students"], result["students"])
     assert all(jax.tree_util.tree_leaves(same)) and again["rows"] == result["rows"]

@@ -18,8 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill import (
-    checkpoint,
-    dataset,
     envs,
     losses,
     multitask_atari,
@@ -34,7 +32,7 @@ from distill import (
 from distill import multitask as mt
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.config import ConfigError, to_dict
-from distill.experiments import common, paired, regimes
+from distill.experiments import common, multitask_students, paired, regimes
 from distill.experiments.registry import Experiment
 
 # Rusu et al. (2016), 3-game multi-task results, geometric mean of % of single-game teachers.
@@ -95,53 +93,6 @@ def distil_multitask_students(
 
     hyper = jax.tree_util.tree_map(jnp.float32, config.hyper)  # the loss's, e.g. {"tau": 0.01}
     return sharding.map_seeds(one, mesh)(keys, datas, hyper)
-
-
-def cached_students(
-    config: student.StudentConfig,
-    games,
-    sets: list,
-    seeds: int,
-    cache: Path,
-    mesh: jax.sharding.Mesh | None = None,
-):
-    """The params of `distil_multitask_students` on the datasets `sets`, stored once trained in
-    cache/<multitask_atari.folder_name>_x<seeds> and read back from there after (so that an
-    interrupted stage keeps the losses it finished); a folder of another config, other datasets
-    or another number of seeds is refused by name."""
-    folder = Path(cache) / f"{multitask_atari.folder_name(config, sets)}_x{seeds}"
-    identity = {
-        "kind": "multitask-students",
-        "games": list(games),
-        "config": student.config_identity(config),
-        "seeds": seeds,
-    }
-    identity = json.loads(json.dumps(identity))  # as a manifest holds it (tuples as lists)
-    prints = [student.dataset_fingerprint(d) for d in sets]
-    if (folder / checkpoint.MANIFEST).exists():
-        manifest = checkpoint.read_manifest(folder)
-        stored = manifest.get("datasets") or []
-        if {k: manifest.get(k) for k in identity} != identity or len(stored) != len(prints):
-            raise checkpoint.CheckpointError(
-                f"{folder / checkpoint.MANIFEST}: holds multi-task students of another config, "
-                "games or number of seeds"
-            )
-        if not all(dataset.same_source(a, p) for a, p in zip(stored, prints, strict=True)):
-            raise checkpoint.CheckpointError(
-                f"{folder / checkpoint.MANIFEST}: holds multi-task students of other datasets"
-            )
-        _, init, _ = mt.make_multitask_distill(config, games)
-        keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
-        template = jax.eval_shape(jax.vmap(lambda k: init(k).params), keys)
-        path = checkpoint.path_of(folder, checkpoint.PARAMS, manifest)
-        raw = checkpoint.read_verified(folder, checkpoint.PARAMS, manifest)
-        return checkpoint.pytree_from_bytes(raw, template, str(path))
-    arrays = tuple(d.arrays() for d in sets)
-    params, _ = distil_multitask_students(config, games, arrays, seeds, mesh)
-    params = sharding.to_host(params)
-    files = {checkpoint.PARAMS: checkpoint.pytree_to_bytes(params)}
-    checkpoint.write_checkpoint(folder, files, {**identity, "datasets": prints})
-    return params
 
 
 def distil_multitask_seeds(
@@ -221,8 +172,9 @@ def multitask(
         if atari:  # a host loop per seed, cached in OUT/students/ (resumable)
             cache = runs_dir / "students"
             params = multitask_atari.distil_seeds(config, sets, b.seeds, cache, progress)
-        elif b.regime == "offline":  # side by side, cached in OUT/students/ (per loss)
-            params = cached_students(config, games, sets, b.seeds, runs_dir / "students", mesh)
+        elif b.regime == "offline":  # side by side, resumable in OUT/students/ (per loss)
+            cache = runs_dir / "students"
+            params = multitask_students.trained(config, games, sets, b.seeds, cache, mesh, progress)
         else:  # stream or dagger (issue 18): the teachers in the loop, a buffer per game
             params = regimes.multitask_students(config, policies, b, runs_dir, progress)
         network = mt.build(games, config.net)
