@@ -336,8 +336,8 @@ def load_results(path: str | Path, games=None) -> dict:
 
 def only_games(results: dict, games, path) -> dict:
     """`results` with the per-game rows of `games` only (`distill stats --games`: a subset's
-    intervals and verdicts; rows of no game, the online stage's rounds, stay); a game that no
-    stage holds is refused by name."""
+    intervals and verdicts; a stage of one game, online, only when its `env_id` is among them);
+    a game that no stage's rows hold is refused by name."""
     from distill.config import ConfigError
 
     def per_game(stage) -> list:
@@ -348,17 +348,21 @@ def only_games(results: dict, games, path) -> dict:
             else []
         )
 
+    games = [g.strip() for g in games]
     held = {r["game"] for stage in results.values() for r in per_game(stage)}
     missing = [g for g in games if g not in held]
     if missing:
         raise ConfigError(
             f"{path}: no rows of {', '.join(missing)} (it has {', '.join(sorted(held))})"
         )
-    keep = lambda r: not isinstance(r, dict) or r.get("game", games[0]) in games  # noqa: E731
-    return {
-        name: {**stage, "rows": [r for r in stage["rows"] if keep(r)]} if per_game(stage) else stage
-        for name, stage in results.items()
-    }
+    keep = lambda r: not isinstance(r, dict) or "game" not in r or r["game"] in games  # noqa: E731
+    out = {}
+    for name, stage in results.items():
+        if per_game(stage):
+            out[name] = {**stage, "rows": [r for r in stage["rows"] if keep(r)]}
+        elif not isinstance(stage, dict) or stage.get("env_id", games[0]) in games:
+            out[name] = stage  # a stage of one game (online) stays when its game is asked for
+    return out
 
 
 def _finite(x):

@@ -15,7 +15,7 @@ gaps where the student disagrees says those decisions carry the score.
 With `--students RUNS` it reads instead the same-size students a `distill reproduce --budget
 full` run cached in `RUNS/students/` (never training one) and tells where their disagreements
 with the teacher lie: held-out agreement per band of the teacher's Q-gap (`by_gap`). `--nets
-net1,net2,net3` reads the compression stage's students instead (with `--teachers large
+net1,net2,net3` reads the compression stage's KL students instead (with `--teachers large
 --seeds 3` those of a large-teacher run).
 
 `--plot A.json,B.json --figure OUT.png` draws what earlier `--out` files hold (`figure`), running
@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--students", default=None, metavar="RUNS", help="a full reproduce run's folder")
-    p.add_argument("--losses", default="kl,nll", help="with --students: whose students")
+    p.add_argument("--losses", default=None, help="with --students: whose (kl,nll; --nets: kl)")
     p.add_argument("--nets", default="teacher", help="with --students: their sizes (net1, ...)")
     p.add_argument("--seeds", type=int, default=None, help="with --students: the run's seeds")
     p.add_argument("--plot", default=None, metavar="JSONS", help="draw these --out files")
@@ -275,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             edges = [*gaps, float("inf")]
             fields = {"teachers": args.teachers}
             fields |= {"seeds": args.seeds} if args.seeds else {}
-            losses, nets = args.losses.split(","), args.nets.split(",")
+            nets = args.nets.split(",")
+            same_size = nets == ["teacher"]  # the compression stage trains KL students only
+            losses = (args.losses or ("kl,nll" if same_size else "kl")).split(",")
             rows += student_rows(Path(args.students), env_id, losses, edges, nets, **fields)
             continue
         policy = checkpoint.load(paths.shipped_teacher(env_id, args.teachers), env_id=env_id)

@@ -394,6 +394,9 @@ def test_stats_of_a_subset_of_games(capsys, tmp_path):
     assert cli.main(["stats", str(path), "--reps", "100", "--games", "A"]) == 0
     one = capsys.readouterr().out
     assert "| kl | 1 x 3 |" in one and "| kl | nll | 1.00 [1.00, 1.00] |" in one
+    assert "no online results" not in one  # the online stage ran on A
+    assert cli.main(["stats", str(path), "--reps", "100", "--games", " B"]) == 0
+    assert "no online results" in capsys.readouterr().out  # ... and not on B
     assert cli.main(["stats", str(path), "--games", "A,C"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "no rows of C (it has A, B)" in err and "\n" not in err.strip()

@@ -494,13 +494,14 @@ def test_online_stage_runs_each_seed(tmp_path):
     kept = sorted((tmp_path / "online-seeds").glob("*.json"))
     assert [p.name.split("_")[1] for p in kept] == ["s0", "s1"]
     kept[1].unlink()
-    ran = []
-    real = od.online
+    logs = lambda: sorted((tmp_path / "tb" / "online").rglob("*tfevents*"))  # noqa: E731
+    before, ran, real = logs(), [], od.online
     od_online = lambda b, **kw: ran.append(kw["seed"]) or real(b, **kw)  # noqa: E731
     with pytest.MonkeyPatch.context() as m:
         m.setattr(od, "online", od_online)
         again = od.run(b, runs_dir=tmp_path, progress=False)
     assert ran == [1] and again["rows"] == json.loads(json.dumps(result["rows"]))
+    assert len(logs()) == len(before) + 1  # seed 1 logged again, seed 0 (read back) not
     # a damaged one is refused by name
     kept[0].write_text("{")
     with pytest.raises(checkpoint.CheckpointError, match=f"{kept[0].name} is damaged"):
@@ -554,10 +555,12 @@ def test_multitask_students_train_in_chunks_resume_and_are_kept(tmp_path, monkey
     assert manifest["status"] == "complete" and manifest["updates"] == 40
     assert [r["updates"] for r in manifest["metrics"]] == [10, 20, 30, 40]
 
-    def no_training(state):
+    def no_training(*args):
         raise AssertionError("trained again")
 
     monkeypatch.setattr(ms.StudentsJob, "advance", no_training)
+    assert_same(ms.trained(config, MULTI_GAMES, sets, 2, tmp_path, progress=False))
+    monkeypatch.setattr(ms, "CHUNKS", 2)  # a finished run is read back whatever its chunks
     assert_same(ms.trained(config, MULTI_GAMES, sets, 2, tmp_path, progress=False))
     (folder / "manifest.json").write_text(json.dumps({**manifest, "seeds": 3}))
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(str(folder))):

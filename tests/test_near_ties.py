@@ -1,6 +1,7 @@
 """The teacher with its near ties lost (distill.near_ties)."""
 
 import json
+import re
 
 import jax.numpy as jnp
 import matplotlib
@@ -105,13 +106,32 @@ def test_the_figure_draws_saved_rows_and_refuses_other_files(tmp_path):
         near_ties.plot([str(bad)], str(out))
 
 
-def test_compressed_students_are_read_by_size_and_drawn_apart(tmp_path):
+def test_compressed_students_are_read_by_size_and_drawn_apart(tmp_path, monkeypatch):
     """`--nets net1,...` reads the compression stage's students (refused by name when absent)
     and the figure draws each size as its own line."""
     import matplotlib.pyplot as plt
 
     with pytest.raises(ConfigError, match="no full-budget dataset of Asterix"):
         near_ties.student_rows(tmp_path, "Asterix-MinAtar", ["kl"], [0, 1], ["net2"], seeds=3)
+    # the folder read is the one the large-teacher compression stage writes for its net2
+    from sharding_checks import synthetic_minatar
+
+    from distill import dataset, experiments
+    from distill.experiments import common, seeds
+
+    data = synthetic_minatar("Asterix-MinAtar")
+    where = tmp_path / "datasets" / "d"
+    where.mkdir(parents=True)
+    (where / "manifest.json").write_text("{}")
+    monkeypatch.setattr(common, "dataset_folder", lambda *a: where)
+    monkeypatch.setattr(dataset, "load_dataset", lambda *a, **k: data)
+    b = experiments.budget("full", teachers="large", seeds=3)
+    config = common.student_config(b, loss="kl", net="large-net2")
+    expected = tmp_path / "students" / seeds.student_folder_name(config, data, 3)
+    with pytest.raises(ConfigError, match=re.escape(f"{expected}: no finished kl net2 students")):
+        near_ties.cached_students(
+            tmp_path, "Asterix-MinAtar", "kl", "net2", teachers="large", seeds=3
+        )
     rows = [
         {"game": "Asterix-MinAtar", "loss": "kl", "net": net, "gap": b, "agreement": a}
         | {"states": 0.5}

@@ -2,9 +2,10 @@
 shared trunk and one controller head per game, against a multi-task DQN of the same architecture
 trained on all games jointly.
 
-On MinAtar the students train side by side in one compiled program (`multitask`) and the DQN
-in chunks of one; on Atari each student trains in a host loop (`distill.multitask_atari`, the
-paper's 3-game network) and the multi-task DQN is not run (`DQN_ON_ATARI`)."""
+On MinAtar the students of every seed train side by side, in chunks of one compiled program
+(`multitask_students`: resumable, kept per loss), and the DQN in chunks of one; on Atari each
+student trains in a host loop (`distill.multitask_atari`, the paper's 3-game network) and the
+multi-task DQN is not run (`DQN_ON_ATARI`)."""
 
 from __future__ import annotations
 

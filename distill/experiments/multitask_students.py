@@ -28,7 +28,7 @@ class StudentsJob(jobs.Job):
 
     kind, what = "multitask-students", "multi-task students"
     step_name, unit = "update", "update"
-    made_from = "another config, other games, datasets or seeds"
+    made_from = "another config, other games, datasets or seeds, or another chunk size"
     keep_state_file = True  # a finished run is read back from its training state
     resume_hint = "run the same command again to continue"
 
@@ -59,8 +59,12 @@ class StudentsJob(jobs.Job):
     def matches(self, manifest: dict) -> bool:
         mine = self.identity()
         theirs = manifest.get("datasets") or []
+        # a finished run is read back whatever chunks made it; a running one resumes in its own
+        skip = {"datasets"} | (
+            {"blocks_per_chunk"} if manifest.get("status") == "complete" else set()
+        )
         return (
-            all(manifest.get(k) == v for k, v in mine.items() if k != "datasets")
+            all(manifest.get(k) == v for k, v in mine.items() if k not in skip)
             and len(theirs) == len(self.prints)
             and all(map(dataset.same_source, theirs, self.prints))
         )

@@ -13,8 +13,27 @@ import numpy as np
 from distill import checkpoint, envs, losses, report, student, teacher
 from distill import online as onl
 from distill.checkpoint import atomic_write_json, atomic_write_text
+from distill.config import to_dict
 from distill.experiments import common
 from distill.experiments.registry import Experiment
+
+
+def configs(b: common.Budget, env_id: str, tau: float, seed: int) -> tuple:
+    """(teacher, student, online) configs of one online run on `env_id` from `seed`: the
+    budget's teacher size for teacher and student."""
+    net = common.net_of(b, "teacher")
+    t_config = teacher.default_config(
+        env_id, total_steps=b.online_teacher_steps, net=net, seed=seed
+    )
+    s_config = student.StudentConfig(loss="kl", tau=tau, net=net, seed=seed)
+    o_config = onl.OnlineConfig(
+        rounds=b.online_rounds,
+        rows_per_round=b.online_rows_per_round,
+        window_rounds=b.online_window_rounds,
+        updates_per_round=max(b.fixed_student_updates // 10, 100),
+        eval_episodes=b.eval_episodes,
+    )
+    return t_config, s_config, o_config
 
 
 def online(
@@ -28,19 +47,7 @@ def online(
     """Online distillation on one game, teacher and student from `seed`: both evaluated after
     every round (and their parameters kept after `snapshot_rounds`, see
     `online.online_distillation`)."""
-    env_id = env_id or b.games[0]
-    net = common.net_of(b, "teacher")  # the budget's teacher size, for teacher and student
-    t_config = teacher.default_config(
-        env_id, total_steps=b.online_teacher_steps, net=net, seed=seed
-    )
-    s_config = student.StudentConfig(loss="kl", tau=tau, net=net, seed=seed)
-    o_config = onl.OnlineConfig(
-        rounds=b.online_rounds,
-        rows_per_round=b.online_rows_per_round,
-        window_rounds=b.online_window_rounds,
-        updates_per_round=max(b.fixed_student_updates // 10, 100),
-        eval_episodes=b.eval_episodes,
-    )
+    t_config, s_config, o_config = configs(b, env_id or b.games[0], tau, seed)
     return onl.online_distillation(t_config, s_config, o_config, progress, snapshot_rounds)
 
 
@@ -56,44 +63,49 @@ def run(
     reproduction's mesh is for the other stages): seed 0's result, its rows and those of the
     other seeds marked with their "seed", and each seed's stability under "runs"; with
     `runs_dir`, each seed's result kept in runs_dir/online-seeds (`cached_seed`: a stage stopped
-    between seeds resumes at the next one) and its rounds as TensorBoard scalars in
-    runs_dir/tb/online[/seed<s>]."""
-    results = [
-        cached_seed(b, tau, s, runs_dir, progress)
-        if runs_dir is not None
-        else online(b, progress=progress, tau=tau, seed=s)
-        for s in range(b.online_seeds)
-    ]
-    if runs_dir is not None:
-        for s, r in enumerate(results):
-            log_rounds(r, Path(runs_dir) / "tb" / "online" / (f"seed{s}" if s else ""))
+    between seeds resumes at the next one) and the rounds of each seed run now as TensorBoard
+    scalars in runs_dir/tb/online[/seed<s>]."""
+    results = []
+    for s in range(b.online_seeds):
+        if runs_dir is None:
+            results.append(online(b, progress=progress, tau=tau, seed=s))
+            continue
+        result, fresh = cached_seed(b, tau, s, runs_dir, progress)
+        if fresh:  # a seed read back was logged by the run that made it
+            log_rounds(result, Path(runs_dir) / "tb" / "online" / (f"seed{s}" if s else ""))
+        results.append(result)
     return combine_seeds(results)
 
 
-def cached_seed(b: common.Budget, tau: float, seed: int, runs_dir: Path, progress: bool) -> dict:
-    """`online(b, tau=tau, seed=seed)`, read from runs_dir/online-seeds/<game>_s<seed>_<hash>.json
-    when a run of the same budget fields made it, else run and written there atomically."""
-    fields = ("online_teacher_steps", "online_rounds", "online_rows_per_round")
-    fields += ("online_window_rounds", "fixed_student_updates", "eval_episodes", "teachers")
+def cached_seed(
+    b: common.Budget, tau: float, seed: int, runs_dir: Path, progress: bool
+) -> tuple[dict, bool]:
+    """(`online(b, tau=tau, seed=seed)`, whether it ran now): read from
+    runs_dir/online-seeds/<game>_s<seed>_<hash>.json when a run of the same three configs
+    (`configs`) made it, else run and written there atomically."""
     env_id = b.games[0]
-    identity = {"env_id": env_id, "tau": tau, "seed": seed, **{f: getattr(b, f) for f in fields}}
+    t_config, s_config, o_config = configs(b, env_id, tau, seed)
+    identity = {"teacher": to_dict(t_config), "student": to_dict(s_config)}
+    identity["online"] = to_dict(o_config)
+    identity = json.loads(json.dumps(identity))  # as the file holds it (tuples as lists)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(runs_dir) / "online-seeds" / f"{envs.spec(env_id).safe_name}_s{seed}_{digest}.json"
     if path.exists():
         try:
             stored = json.loads(path.read_text())
             same, result = stored["identity"] == identity, stored["result"]
-            rows_ok = isinstance(result["rows"], list) and isinstance(result["teacher"], dict)
+            if not (isinstance(result["rows"], list) and isinstance(result["teacher"], dict)):
+                raise TypeError("its result has no rows or no teacher")
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise checkpoint.CheckpointError(
                 f"{path} is damaged ({str(e)[:200]}); delete it to run seed {seed} again"
             ) from None
-        if not (same and rows_ok):
-            raise checkpoint.CheckpointError(f"{path}: holds an online run of another budget")
-        return result
+        if not same:
+            raise checkpoint.CheckpointError(f"{path}: holds an online run of other configs")
+        return result, False
     result = online(b, progress=progress, tau=tau, seed=seed)
     atomic_write_json(path, {"identity": identity, "result": result})
-    return result
+    return result, True
 
 
 def combine_seeds(results: list[dict]) -> dict:
