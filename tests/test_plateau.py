@@ -229,3 +229,18 @@ def test_losses_side_by_side_are_cached_whole_under_the_rule(tmp_path, ruled_stu
     for (_, s1, m1), (_, s2, m2) in zip(first, again, strict=True):
         np.testing.assert_array_equal(np.asarray(m1.held_out), np.asarray(m2.held_out))
         np.testing.assert_array_equal(np.asarray(s1.updates), np.asarray(s2.updates))
+
+
+def test_final_agreement_is_each_seeds_last_trained_block():
+    """A student stopped by the plateau rule has nan blocks after its stop: its final agreement
+    is its last trained block's, not nan (the loss comparison's rows and notebooks 03 and 04)."""
+    from distill.experiments import final_agreement
+
+    metrics = student.BlockMetrics(
+        loss=np.zeros((3, 4)),
+        agreement=np.array(
+            [[0.5, 0.6, np.nan, np.nan], [0.5, 0.6, 0.7, 0.8], [np.nan] * 4], np.float32
+        ),
+        score=np.zeros((3, 4)),
+    )
+    np.testing.assert_allclose(final_agreement(metrics), [0.6, 0.8, np.nan], rtol=1e-6)

@@ -57,7 +57,12 @@ from distill.experiments.policy_compression import (
     write_compression,
 )
 from distill.experiments.registry import Experiment, discover
-from distill.experiments.seeds import distil_seeds, distil_tau_sweep, student_folder_name
+from distill.experiments.seeds import (
+    distil_seeds,
+    distil_tau_sweep,
+    final_agreement,
+    student_folder_name,
+)
 
 # every experiment module of this package, by name, in the order a reproduction runs them
 EXPERIMENTS: dict[str, Experiment] = discover(sys.modules[__name__])
@@ -92,6 +97,7 @@ __all__ = [
     "distil_multitask_seeds",
     "distil_multitask_students",
     "distil_seeds",
+    "final_agreement",
     "distil_tau_sweep",
     "ensure_dataset",
     "ensure_teacher",

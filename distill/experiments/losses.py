@@ -58,7 +58,7 @@ def loss_comparison(
                         "net": net,
                         "seed": seed,
                         **common.paired_row(final[seed], reference),
-                        "agreement": float(m.agreement[seed, -1]),
+                        "agreement": float(seeds.final_agreement(m)[seed]),
                         **{k: float(v[seed]) for k, v in own.items()},
                         **seeds.plateau_columns(config, m, seed),
                     }
