@@ -234,8 +234,6 @@ def test_losses_side_by_side_are_cached_whole_under_the_rule(tmp_path, ruled_stu
 def test_final_agreement_is_each_seeds_last_trained_block():
     """A student stopped by the plateau rule has nan blocks after its stop: its final agreement
     is its last trained block's, not nan (the loss comparison's rows and notebooks 03 and 04)."""
-    from distill.experiments import final_agreement
-
     metrics = student.BlockMetrics(
         loss=np.zeros((3, 4)),
         agreement=np.array(
@@ -243,4 +241,5 @@ def test_final_agreement_is_each_seeds_last_trained_block():
         ),
         score=np.zeros((3, 4)),
     )
-    np.testing.assert_allclose(final_agreement(metrics), [0.6, 0.8, np.nan], rtol=1e-6)
+    np.testing.assert_allclose(plateau.final_agreement(metrics), [0.6, 0.8, np.nan], rtol=1e-6)
+    assert experiments.final_agreement is plateau.final_agreement  # what notebooks 03, 04 call

@@ -57,12 +57,8 @@ from distill.experiments.policy_compression import (
     write_compression,
 )
 from distill.experiments.registry import Experiment, discover
-from distill.experiments.seeds import (
-    distil_seeds,
-    distil_tau_sweep,
-    final_agreement,
-    student_folder_name,
-)
+from distill.experiments.seeds import distil_seeds, distil_tau_sweep, student_folder_name
+from distill.plateau import final_agreement
 
 # every experiment module of this package, by name, in the order a reproduction runs them
 EXPERIMENTS: dict[str, Experiment] = discover(sys.modules[__name__])

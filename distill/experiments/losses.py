@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import losses, paths, report
+from distill import losses, paths, plateau, report
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common, paired, seeds
 from distill.experiments.registry import Experiment
@@ -58,7 +58,7 @@ def loss_comparison(
                         "net": net,
                         "seed": seed,
                         **common.paired_row(final[seed], reference),
-                        "agreement": float(seeds.final_agreement(m)[seed]),
+                        "agreement": float(plateau.final_agreement(m)[seed]),
                         **{k: float(v[seed]) for k, v in own.items()},
                         **seeds.plateau_columns(config, m, seed),
                     }

@@ -223,17 +223,6 @@ def drop_partial(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def final_agreement(metrics) -> np.ndarray:
-    """Each seed's agreement on its last trained block's minibatch (`[seeds]`): the last finite
-    value, since a student stopped by the plateau rule has nan blocks after its stop."""
-    agreement = np.asarray(metrics.agreement, np.float64)
-    last = np.full(agreement.shape[0], np.nan)
-    for seed, row in enumerate(agreement):
-        finite = np.flatnonzero(np.isfinite(row))
-        last[seed] = row[finite[-1]] if finite.size else np.nan
-    return last
-
-
 def plateau_columns(config: student.StudentConfig, metrics, seed: int) -> dict:
     """A student's row columns of the plateau rule: updates trained, the update count at its
     plateau (where held-out agreement last improved) and its final held-out agreement; `{}` for
