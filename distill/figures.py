@@ -185,12 +185,13 @@ def dataset_figure(q: np.ndarray, actions: np.ndarray, action_names: Sequence[st
     positive = gaps[gaps > 0]
     bins = np.logspace(np.log10(max(positive.min(), 1e-5)), np.log10(positive.max()), 50)
     ax2.hist(positive, bins=bins, color="tab:green")
-    ax2.axvline(np.median(gaps), color="black", ls="--", label=f"median {np.median(gaps):.3f}")
+    ax2.axvline(np.median(gaps), color="black", ls="--")  # named in the title: no legend on data
     ax2.set_xscale("log")
     ax2.set_xlabel("best Q − second-best Q (return units, log axis)")
     ax2.set_ylabel("states")
-    ax2.set_title("how sure the teacher is: its Q-gap", fontsize=10)
-    ax2.legend(fontsize=8)
+    ax2.set_title(
+        f"how sure the teacher is (dashed: median gap {np.median(gaps):.3f})", fontsize=10
+    )
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -231,14 +232,15 @@ def tau_figure(q: np.ndarray, taus: Sequence[float], title: str = ""):
     positive = gaps[gaps > 0]
     bins = np.logspace(np.log10(max(positive.min(), 1e-5)), np.log10(positive.max()), 50)
     ax1.hist(positive, bins=bins, color="tab:green")
-    ax1.axvline(np.median(gaps), color="black", ls="--", label=f"median {np.median(gaps):.3f}")
+    ax1.axvline(np.median(gaps), color="black", ls="--")  # named in the title: no legend on data
     for tau in taus:
         ax1.axvline(tau, color="tab:red", lw=0.8, alpha=0.6)
     ax1.set_xscale("log")
     ax1.set_xlabel("Q-gap: best − second-best Q (log; red: the τ values)")
     ax1.set_ylabel("states")
-    ax1.set_title(f"the teacher's Q-gaps ({len(gaps):,} states)", fontsize=10)
-    ax1.legend(fontsize=8)
+    ax1.set_title(
+        f"Q-gaps of {len(gaps):,} states (dashed: median {np.median(gaps):.3f})", fontsize=10
+    )
     targets = [*taus, None]
     data = [top_probability(q, t) for t in targets]
     ax2.boxplot(data, whis=(5, 95), showfliers=False)

@@ -327,7 +327,7 @@ def regimes_curves(result: dict, title: str = ""):
                     style,
                     marker="o",
                     color=f"C{k % 10}",
-                    label=f"{c['regime']} ({c['net']})",
+                    label=f"{c['regime']} ({'same size' if c['net'] == 'teacher' else c['net']})",
                 )
         for j, name in enumerate(names):
             ax = axes[i, j]

@@ -74,7 +74,7 @@ def q_values_bar(q: np.ndarray, ax=None, action_names: Sequence[str] | None = No
     if action_names:
         ax.set_xticklabels(action_names, rotation=45, fontsize=7)
     ax.set_xlabel("action")
-    ax.set_ylabel("Q")
+    ax.set_ylabel("Q (discounted return)")
     if title:
         ax.set_title(title, fontsize=9)
     return ax

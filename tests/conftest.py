@@ -56,3 +56,16 @@ def cartpole_dataset(tmp_path_factory, trained_cartpole):
     folder = tmp_path_factory.mktemp("shared_dataset") / "cartpole"
     dataset.generate(str(trained_cartpole[0]), DATASET_CONFIG, str(folder), progress=False)
     return folder
+
+
+def killed_after(saves: int, write, saved: list, step=lambda args: None):
+    """`write` (a checkpoint writer) wrapped to stop like a killed job: each call writes, then
+    appends `step(args)` (what it saved) to `saved`, and the `saves`-th raises KeyboardInterrupt."""
+
+    def writer(*args, **kwargs):
+        write(*args, **kwargs)
+        saved.append(step(args))
+        if len(saved) == saves:
+            raise KeyboardInterrupt
+
+    return writer

@@ -15,7 +15,7 @@ import jax
 import matplotlib
 import numpy as np
 import pytest
-from conftest import DATASET_CONFIG, ENV
+from conftest import DATASET_CONFIG, ENV, killed_after
 from sharding_checks import MULTI_GAMES
 from sharding_checks import TEACHER as TINY_DQN
 
@@ -389,14 +389,8 @@ def test_multitask_dqn_in_chunks_equals_one_call_and_resumes(tmp_path, monkeypat
     folder, identity = tmp_path / "dqn", {"games": games}  # a tuple, stored as a list
     resumable = dict(chunks=4, progress=False, folder=folder, identity=identity)
     saved, write = [], checkpoint.write_checkpoint
-
-    def killed_after_two_saves(*args, **kwargs):
-        write(*args, **kwargs)
-        saved.append(args[2]["iteration"])
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "write_checkpoint", killed_after_two_saves)
+    killed = killed_after(2, write, saved, lambda args: args[2]["iteration"])
+    monkeypatch.setattr(checkpoint, "write_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         mt.train_in_chunks(run, template, iterations, games, checkpoint_every_s=0, **resumable)
     monkeypatch.undo()
@@ -535,15 +529,9 @@ def test_multitask_students_train_in_chunks_resume_and_are_kept(tmp_path, monkey
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     saved, write = [], checkpoint.write_checkpoint
-
-    def killed_after_two_saves(*args, **kwargs):
-        write(*args, **kwargs)
-        saved.append(args[2]["updates"])
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
+    killed = killed_after(2, write, saved, lambda args: args[2]["updates"])
     with monkeypatch.context() as m:
-        m.setattr(checkpoint, "write_checkpoint", killed_after_two_saves)
+        m.setattr(checkpoint, "write_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
             ms.trained(config, MULTI_GAMES, sets, 2, tmp_path, progress=False)
     (folder,) = tmp_path.iterdir()

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import pytest
-from conftest import DATASET_CONFIG, ENV
+from conftest import DATASET_CONFIG, ENV, killed_after
 
 from distill import checkpoint, dataset, experiments, plateau, student
 from distill.config import ConfigError
@@ -178,13 +178,7 @@ def test_an_interrupted_plateau_run_resumes_from_its_last_chunk(
     students are cached whole and the half-way folder is gone."""
     data, (_, state, m) = ruled_students
     write, calls = seeds.write_partial, []
-
-    def write_then_stop(*args):
-        write(*args)
-        calls.append(args[-1])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
+    write_then_stop = killed_after(2, write, calls, lambda args: args[-1])
     monkeypatch.setattr(experiments.common, "_MEMO", {})  # not the fixture's students
     monkeypatch.setattr(seeds, "write_partial", write_then_stop)
     with pytest.raises(KeyboardInterrupt):
