@@ -81,9 +81,4 @@ def filled(curve) -> np.ndarray:
 def final_agreement(metrics) -> np.ndarray:
     """Each seed's agreement on its last trained block's minibatch (`[seeds]`): the last finite
     value, since a student stopped by the plateau rule has nan blocks after its stop."""
-    agreement = np.asarray(metrics.agreement, np.float64)
-    last = np.full(agreement.shape[0], np.nan)
-    for seed, row in enumerate(agreement):
-        finite = np.flatnonzero(np.isfinite(row))
-        last[seed] = row[finite[-1]] if finite.size else np.nan
-    return last
+    return np.array([filled(row)[-1] for row in np.asarray(metrics.agreement)])
