@@ -48,17 +48,17 @@ def cmd_nets(args) -> int:
 
     spec = envs.spec(args.env_id)
     actions = args.actions or spec.num_actions
-    rows = families.param_table(spec.env_id, actions)
-    if not args.all:
-        rows = [r for r in rows if r["name"] in networks.NET_NAMES]
+    rows = families.param_table(spec.env_id, actions, mflop=True)
+    rows = rows if args.all else [r for r in rows if r["name"] in networks.NET_NAMES]
     print(f"{spec.env_id}: observations {spec.obs_shape} {spec.obs_dtype}, {actions} actions")
     wn = max(8, *(len(r["name"]) for r in rows))
     wl = max(42, *(len(r["layers"]) for r in rows))
-    print(f"{'name':<{wn}} {'layers':<{wl}} {'parameters':>11} {'% of teacher':>13} {'paper %':>8}")
+    print(f"{'name':<{wn}} {'layers':<{wl}} {'parameters':>11} {'% of teacher':>13} {'paper %':>8}"
+          f" {'MFLOP/sample':>12}")  # fmt: skip
     for r in rows:
         print(
             f"{r['name']:<{wn}} {r['layers']:<{wl}} {r['params']:>11,d} "
-            f"{r['percent_of_teacher']:>12.1f}% {r['paper_percent']:>7.0f}%"
+            f"{r['percent_of_teacher']:>12.1f}% {r['paper_percent']:>7.0f}% {r['mflop']:>12.2f}"
         )
     return 0
 

@@ -86,10 +86,15 @@ def build_network(env_id: str, net: str, conv_grad: str = "auto") -> networks.QN
     return networks.build_spec(net_spec(env_id, net), spec.num_actions, conv_grad)
 
 
-def param_table(env_id: str, num_actions: int | None = None) -> list[dict]:
-    """Every net of the env's family: name, layers, parameters, % of the teacher's, paper's %."""
+def param_table(env_id: str, num_actions: int | None = None, mflop: bool = False) -> list[dict]:
+    """Every net of the env's family: name, layers, parameters, % of the teacher's, paper's %,
+    and with `mflop` each one's forward MFLOP per sample (`networks.forward_mflop`)."""
     spec = envs.spec(env_id)
-    return networks.param_table(spec.obs_shape, num_actions or spec.num_actions, of(spec).nets)
+    actions, nets = num_actions or spec.num_actions, of(spec).nets
+    rows = networks.param_table(spec.obs_shape, actions, nets)
+    for r in rows if mflop else ():
+        r["mflop"] = networks.forward_mflop(nets[r["name"]], spec.obs_shape, actions)
+    return rows
 
 
 def storage_dtype(spec: envs.EnvSpec):

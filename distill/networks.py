@@ -371,6 +371,18 @@ def param_count(spec: NetSpec | str, obs_shape: Sequence[int], num_actions: int)
     return count_params(shapes)
 
 
+def forward_mflop(spec: NetSpec, obs_shape: Sequence[int], num_actions: int) -> float:
+    """MFLOP of one sample's forward pass, as XLA counts them for this backend (multiply and add
+    counted apart), from shapes alone: what a student costs to train and to act, per sample."""
+    module = build_spec(spec, num_actions)
+    key = jax.random.PRNGKey(0)
+    params = jax.eval_shape(lambda k: init_params(module, k, obs_shape, jnp.float32), key)
+    x = jax.ShapeDtypeStruct((1, *obs_shape), jnp.float32)
+    cost = jax.jit(module.apply).lower(params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", float("nan"))) / 1e6
+
+
 def param_table(
     obs_shape: Sequence[int], num_actions: int, nets: dict[str, NetSpec] | None = None
 ) -> list[dict]:

@@ -27,6 +27,10 @@ def test_nets_pong_with_18_actions(capsys):
         ("net3", "61,954"),
     ]:
         assert f" {count} " in rows[name], rows[name]
+    # forward MFLOP per sample against the Nature DQN's multiply-adds counted by hand (x2)
+    macs = 20 * 20 * 32 * 8 * 8 * 4 + 9 * 9 * 64 * 4 * 4 * 32 + 7 * 7 * 64 * 3 * 3 * 64
+    macs += 3136 * 512 + 512 * 18
+    assert float(rows["teacher"].split()[-1]) == pytest.approx(2 * macs / 1e6, rel=0.02)
 
 
 def test_nets_minatar(capsys):
