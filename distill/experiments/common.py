@@ -260,8 +260,9 @@ BUDGETS = {
 # tests; quick and full run three of the paper's games, ATARI_GAMES, from the shipped teachers
 # (refused without them: `check_teachers`): compression, the loss comparison and a three-game
 # multi-task student (`distill.multitask_atari`; no multi-task DQN on Atari, sized for a GPU).
-# Quick is sized for one long background run on a 2-core CPU (a teacher-size student 10-20
-# minutes per game there; not run at three games yet); full is sized for a GPU.
+# Quick is sized for one long background run on a 2-core CPU (not run at three games yet): 3
+# seeds, the fewest for which a claim can be judged (claims.MIN_RUNS), and 30 paired episodes,
+# the paper's protocol's count; full is sized for a GPU.
 ATARI_GAMES = ("ALE/Pong-v5", "ALE/Breakout-v5", "ALE/SpaceInvaders-v5")
 ATARI_BUDGETS = {
     "smoke": Budget(
@@ -284,8 +285,8 @@ ATARI_BUDGETS = {
         dataset_states=100_000,
         updates=10_000,
         eval_every=5_000,
-        seeds=2,
-        eval_episodes=10,
+        seeds=3,
+        eval_episodes=30,
         multitask_dqn_steps=None,
         online_teacher_steps=0,
         online_rounds=0,
