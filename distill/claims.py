@@ -16,6 +16,9 @@ A verdict is one of `VERDICTS`, decided from intervals only, by these rules:
   budget whatever its interval: the bootstrap of one run collapses to the point, and that of two
   runs can only draw their min, mean and max, which understates the run-to-run spread; so is a
   part whose stage or groups are missing from the results;
+- "the online student matches its teacher": per run, the student's mean evaluation over the
+  second half of the rounds as a % of its teacher's in the same rounds, bootstrapped over runs
+  and judged by the "at p %" rule with p = 100 (fewer than `MIN_RUNS` runs: unresolved);
 - "the online student is more stable than its teacher": stability is the spread (std of the
   evaluations over the second half of the run) and the worst drop between two successive
   evaluations, as `distill.online.stability` defines them. With `MIN_RUNS` runs or more, the
@@ -114,6 +117,8 @@ MULTITASK_10 = Claim(
     "multitask",
     (Part("at", "distilled-kl", value=89.3),),
 )
+ONLINE_MATCH_CLAIM = "online student matches its teacher"
+ONLINE_MATCH_PAPER = "Sec. 5.4: the online student matches its teacher's score (no numbers)"
 ONLINE_CLAIM = "online student more stable than its teacher"
 ONLINE_PAPER = "Sec. 5.4: the online student is more stable than its teacher (no numbers)"
 
@@ -180,17 +185,48 @@ def stability(scores) -> dict:
     }
 
 
+def online_runs(online: dict | None) -> list[list[dict]]:
+    """The online stage's per-round rows, one list per run (seed), each in round order."""
+    runs: dict = {}
+    for r in sorted((online or {}).get("rows", []), key=lambda r: r["round"]):
+        runs.setdefault(r.get("seed", 0), []).append(r)
+    return list(runs.values())
+
+
+def online_match(online: dict | None, reps: int = stats.REPS, seed: int = 0) -> dict:
+    """The first half of the online claim: per run, the student's mean score over the second
+    half of the rounds as a % of its teacher's in the same rounds, bootstrapped over runs and
+    judged by the "at p %" rule with p = 100 (as good as its teacher, or better)."""
+    out = {"claim": ONLINE_MATCH_CLAIM, "paper": ONLINE_MATCH_PAPER, "stage": "online"}
+    runs = online_runs(online)
+    if not runs:
+        return {**out, "verdict": UNRESOLVED, "evidence": "no online results"}
+    pct = []
+    for rs in runs:
+        half = rs[len(rs) // 2 :]
+        teacher_mean = np.mean([r["teacher_score"] for r in half])
+        pct.append(100.0 * np.mean([r["student_score"] for r in half]) / teacher_mean)
+    each = ", ".join(f"{p:.1f}" for p in pct)
+    if len(runs) < MIN_RUNS:
+        evidence = f"{len(runs)} run(s): {each} % of the teacher (fewer than {MIN_RUNS} runs)"
+        return {**out, "verdict": UNRESOLVED, "evidence": evidence}
+    est = stats.interval({"run": np.array(pct)}, stats.mean, reps, seed)
+    verdict = CONTRADICTED if est["hi"] < 100.0 else REPRODUCED
+    evidence = (
+        f"{len(runs)} runs: second half {_fmt(est)} % of the teacher's score in the same "
+        f"rounds (runs {each})"
+    )
+    return {**out, "verdict": verdict, "evidence": evidence}
+
+
 def online_verdict(online: dict | None, reps: int = stats.REPS, seed: int = 0) -> dict:
     """The stability claim from the online stage's per-round rows (one run per seed)."""
     out = {"claim": ONLINE_CLAIM, "paper": ONLINE_PAPER, "stage": "online"}
-    rows = (online or {}).get("rows", [])
-    if not rows:
+    runs = online_runs(online)
+    if not runs:
         return {**out, "verdict": UNRESOLVED, "evidence": "no online results"}
-    runs: dict = {}
-    for r in sorted(rows, key=lambda r: r["round"]):
-        runs.setdefault(r.get("seed", 0), []).append(r)
     diff = {"spread": [], "worst_drop": []}  # teacher - student, per run
-    for rs in runs.values():
+    for rs in runs:
         t = stability([r["teacher_score"] for r in rs])
         s = stability([r["student_score"] for r in rs])
         for k in diff:
@@ -237,6 +273,7 @@ def verdicts(
                 "evidence": "; ".join(f"{e} ({v})" if len(parts) > 1 else e for v, e in parts),
             }
         )
+    out.append(online_match(results.get("online"), reps, seed))
     out.append(online_verdict(results.get("online"), reps, seed))
     return out
 

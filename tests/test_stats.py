@@ -295,6 +295,20 @@ def test_online_stability():
     assert _verdicts()[claims.ONLINE_CLAIM]["verdict"] == claims.UNRESOLVED
 
 
+def test_online_student_matches_its_teacher():
+    name = claims.ONLINE_MATCH_CLAIM
+    rise = [0, 2, 4, 8, 10, 10]
+    # slower at first, level over the second half (rounds 4-6): 100 % of the teacher
+    close = _verdicts(online=_online([0, 1, 2, 8, 10, 10], rise, seeds=(0, 1, 2)))[name]
+    assert close["verdict"] == claims.REPRODUCED and "100.0 [100.0, 100.0]" in close["evidence"]
+    above = _verdicts(online=_online([0, 1, 2, 9, 11, 11], rise, seeds=(0, 1, 2)))[name]
+    assert above["verdict"] == claims.REPRODUCED  # better than its teacher also matches
+    low = _verdicts(online=_online([0, 1, 2, 4, 5, 5], rise, seeds=(0, 1, 2)))[name]
+    assert low["verdict"] == claims.CONTRADICTED and "% of the teacher" in low["evidence"]
+    assert _verdicts(online=_online(rise, rise))[name]["verdict"] == claims.UNRESOLVED
+    assert _verdicts()[name]["verdict"] == claims.UNRESOLVED
+
+
 def test_stability_is_the_online_modules():
     from distill import online
 
@@ -320,7 +334,7 @@ def test_render_markdown_has_the_tables_and_one_line_per_claim():
     found = claims.verdicts(results, summaries, reps=200)
     md = claims.render_markdown(summaries, found)
     assert "| kl | 2 x 3 | 112.2 [" in md and "| kl | nll | 1.00 [1.00, 1.00] |" in md
-    assert sum(line.startswith("- **") for line in md.splitlines()) == len(claims.CLAIMS) + 1
+    assert sum(line.startswith("- **") for line in md.splitlines()) == len(claims.CLAIMS) + 2
     assert f"*{claims.REPRODUCED}*" in md and f"*{claims.UNRESOLVED}*" in md
     assert "/work" not in md
 
