@@ -205,8 +205,11 @@ def online_match(online: dict | None, reps: int = stats.REPS, seed: int = 0) -> 
     for rs in runs:
         half = rs[len(rs) // 2 :]
         teacher_mean = np.mean([r["teacher_score"] for r in half])
-        pct.append(100.0 * np.mean([r["student_score"] for r in half]) / teacher_mean)
+        student_mean = np.mean([r["student_score"] for r in half])
+        pct.append(100.0 * student_mean / teacher_mean if teacher_mean > 0 else np.nan)
     each = ", ".join(f"{p:.1f}" for p in pct)
+    if not np.isfinite(pct).all():  # a teacher that scored 0 or below
+        return {**out, "verdict": UNRESOLVED, "evidence": f"no ratio to a teacher's score: {each}"}
     if len(runs) < MIN_RUNS:
         evidence = f"{len(runs)} run(s): {each} % of the teacher (fewer than {MIN_RUNS} runs)"
         return {**out, "verdict": UNRESOLVED, "evidence": evidence}

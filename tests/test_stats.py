@@ -306,6 +306,8 @@ def test_online_student_matches_its_teacher():
     low = _verdicts(online=_online([0, 1, 2, 4, 5, 5], rise, seeds=(0, 1, 2)))[name]
     assert low["verdict"] == claims.CONTRADICTED and "% of the teacher" in low["evidence"]
     assert _verdicts(online=_online(rise, rise))[name]["verdict"] == claims.UNRESOLVED
+    flat = _verdicts(online=_online(rise, [0] * 6, seeds=(0,)))[name]  # a teacher at 0
+    assert flat["verdict"] == claims.UNRESOLVED and "no ratio" in flat["evidence"]
     assert _verdicts()[name]["verdict"] == claims.UNRESOLVED
 
 
