@@ -211,9 +211,9 @@ def compression_figure(result: dict):
     return fig
 
 
-def multitask_figure(result: dict):
+def multitask_figure(result: dict, paper: dict[str, float] | None = None):
     """% of each single-game teacher, one bar per method: per game (mean over seeds), then the
-    geometric mean across games."""
+    geometric mean across games, where a star marks the paper's level of a method in `paper`."""
     methods = [s["method"] for s in result["summary"]]  # Atari runs no multi-task DQN
     games = [t["game"] for t in result["teachers"]]
     geo = {s["method"]: s["geomean_percent_mean"] for s in result["summary"]}
@@ -234,6 +234,10 @@ def multitask_figure(result: dict):
             for g in games
         ]
         ax.bar(x + (i - 1) * 0.27, [*per_game, geo[m]], width=0.27, label=m)
+        if m in (paper or {}):
+            ax.plot(x[-1] + (i - 1) * 0.27, paper[m], "*", color="red", ms=10)
+    if paper:
+        ax.plot([], [], "*", color="red", ms=10, label="paper")
     ax.axhline(100, color="grey", ls="--", lw=1)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)

@@ -223,6 +223,12 @@ def test_multitask_figure_shows_the_table():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Breakout", "Asterix", "geometric mean"]
     assert experiments.multitask_figure is plotting.multitask_figure  # the old name still works
     plt.close(fig)
+    fig = plotting.multitask_figure(result, {"distilled-kl": 89.3})  # a star at the paper's level
+    (ax,) = fig.axes
+    stars = [line for line in ax.lines if line.get_marker() == "*" and len(line.get_ydata())]
+    assert [float(line.get_ydata()[0]) for line in stars] == [89.3]
+    assert float(stars[0].get_xdata()[0]) == pytest.approx(2 + 0.27)  # over the KL bar
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- ingredients

@@ -325,7 +325,9 @@ def write_multitask(result: dict, out: str | Path) -> Path:
     atomic_write_text(
         folder / "multitask.md", report.markdown_table(multitask_table(result)) + "\n"
     )
-    plotting.multitask_figure(result).savefig(folder / "multitask.png", dpi=120)
+    wide = result.get("net", "").endswith("wide")
+    paper = PAPER_MULTITASK_10 if wide else PAPER_MULTITASK
+    plotting.multitask_figure(result, paper).savefig(folder / "multitask.png", dpi=120)
     return folder
 
 
