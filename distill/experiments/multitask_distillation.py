@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill import (
+    claims,
     envs,
     losses,
     multitask_atari,
@@ -36,10 +37,17 @@ from distill.config import ConfigError, to_dict
 from distill.experiments import common, multitask_students, paired, regimes
 from distill.experiments.registry import Experiment
 
-# Rusu et al. (2016), 3-game multi-task results, geometric mean of % of single-game teachers.
-PAPER_MULTITASK = {"multi-dqn": 83.5, "distilled-nll": 105.1, "distilled-kl": 116.9}
-# and its 10-game distilled net (the wide trunk), about 89.3 % (PAPER.md: a secondary source)
-PAPER_MULTITASK_10 = {"distilled-kl": 89.3}
+# Rusu et al. (2016), 3-game multi-task results, geometric mean of % of single-game teachers,
+# and its 10-game distilled net (the wide trunk), about 89.3 %: the claims' own numbers
+PAPER_MULTITASK = claims.PAPER_MULTITASK
+PAPER_MULTITASK_10 = {"distilled-kl": claims.MULTITASK_10.parts[0].value}
+
+
+def is_wide(result: dict) -> bool:
+    """Whether a multi-task result trained the paper's wide (10-game) trunk."""
+    return result.get("net") in claims.WIDE_NETS
+
+
 METHODS = ("multi-dqn", "distilled-nll", "distilled-kl")
 # distill's multi-task DQN steps gymnax envs inside one compiled program; an Atari form (ale-py
 # on the host, about as many env steps as the three teachers, 3 x 2M) is sized for a GPU
@@ -310,7 +318,7 @@ def multitask_table(result: dict) -> list[dict]:
     geo = {s["method"]: s["geomean_percent_mean"] for s in result["summary"]}
     out.append({"game": "geometric mean", **geo})
     out.append({"game": "paper (3 Atari games)", **PAPER_MULTITASK})
-    if result.get("net", "").endswith("wide"):
+    if is_wide(result):
         out.append({"game": "paper (10 Atari games, wider net)", **PAPER_MULTITASK_10})
     return out
 
@@ -325,8 +333,7 @@ def write_multitask(result: dict, out: str | Path) -> Path:
     atomic_write_text(
         folder / "multitask.md", report.markdown_table(multitask_table(result)) + "\n"
     )
-    wide = result.get("net", "").endswith("wide")
-    paper = PAPER_MULTITASK_10 if wide else PAPER_MULTITASK
+    paper = PAPER_MULTITASK_10 if is_wide(result) else PAPER_MULTITASK
     plotting.multitask_figure(result, paper).savefig(folder / "multitask.png", dpi=120)
     return folder
 
