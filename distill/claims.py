@@ -27,8 +27,7 @@ A verdict is one of `VERDICTS`, decided from intervals only, by these rules:
   fewer it is unresolved; with one run we do not bootstrap over its rounds instead: they are a
   time series, not exchangeable samples, so such intervals would be too narrow.
 
-The teachers' reference scores are taken as exact here (issue 17 item 2 measures them to a
-standard error of at most 3 %).
+The teachers' reference scores are taken as exact (issue 17 measures them to a 3 % s.e. at most).
 """
 
 from __future__ import annotations
@@ -105,10 +104,9 @@ CLAIMS = (
         ),
     ),
 )
-# The paper's 10-game network (its trunk about 4x the teacher's, a controller per game): one
-# KL student kept about 89.3 % of its ten teachers (PAPER.md, a secondary source). Judged on a
-# multi-task stage that trained the wide trunk (`--multitask-net wide` or `large-wide`, the
-# analogue at MinAtar scale), beside the 3-game claim's order above.
+# The paper's 10-game network (trunk about 4x the teacher's, a controller per game) kept about
+# 89.3 % of its ten teachers (PAPER.md, a secondary source). Judged on a multi-task stage that
+# trained the wide trunk (`--multitask-net wide` or `large-wide`), beside the 3-game order above.
 WIDE_NETS = ("wide", "large-wide")
 MULTITASK_10 = Claim(
     "multi-task KL at 89.3 % of the teachers (the 10-game network)",
