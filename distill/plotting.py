@@ -21,9 +21,12 @@ def learning_curve(rows: Sequence[dict], ax=None, label: str | None = None, smoo
     ret = np.array(
         [np.nan if r["mean_return"] is None else r["mean_return"] for r in rows], dtype=float
     )
-    if smooth > 1 and ret.size >= smooth:
-        valid = np.where(np.isfinite(ret), ret, np.nanmean(ret) if np.isfinite(ret).any() else 0)
-        ret = np.convolve(valid, np.ones(smooth) / smooth, mode="same")
+    if smooth > 1 and ret.size >= smooth:  # a centred mean of the finite rows near each one
+        finite = np.isfinite(ret)
+        window = np.ones(smooth)
+        count = np.convolve(finite.astype(float), window, mode="same")
+        total = np.convolve(np.where(finite, ret, 0.0), window, mode="same")
+        ret = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     ax.plot(steps, ret, label=label)
     ax.set_xlabel("env steps")
     ax.set_ylabel("training episode return")

@@ -79,6 +79,8 @@ class DQNConfig:
     """gradients are clipped to this global norm"""
     seed: int = 0
     """random seed (network init, exploration, envs)"""
+    init_from: str = ""
+    """Atari: a teacher folder whose parameters and env steps start the run (fresh replay)"""
 
     def __post_init__(self):
         envs.spec(self.env_id)  # unknown ids fail here with close matches
@@ -143,11 +145,6 @@ class DQNConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     name: dict(family.preset) for name, family in families.FAMILIES.items()
 }
-
-
-def family(env_id: str) -> str:
-    """'atari', 'minatar' or 'vector': the env family (`distill.families`) that owns the id."""
-    return envs.spec(env_id).family
 
 
 def default_config(env_id: str, **overrides: Any) -> DQNConfig:

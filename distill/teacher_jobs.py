@@ -4,13 +4,15 @@
   the state carries env, replay and key, so a resumed run is bit-identical on CPU.
 - `AtariTeacher`: a host loop around ale-py's `AtariVectorEnv` and the jitted pieces of
   `teacher.make_atari_learner`; one vector step is `act_step_record`. The emulators' state is not
-  saved, so a resumed run starts fresh episodes.
+  saved, so a resumed run starts fresh episodes. `init_from` continues from an exported teacher
+  when a checkpoint is lost (`warm_start`).
 This module knows nothing of DQN itself (`teacher` builds the pieces and imports it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -19,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import envs, evaluate, jobs, sharding, xla
-from distill.config import to_dict
+from distill import checkpoint, envs, evaluate, jobs, sharding, xla
+from distill.config import ConfigError, to_dict
 
 
 def chunk_rows(metrics: Any, first_iteration: int, num_envs: int, wall_s: float) -> dict:
@@ -84,6 +86,8 @@ class GymnaxTeacher(_Teacher):
 
     def __init__(self, config, trainer, chunk_iterations: int, mesh=None, **kw):
         super().__init__(config, **kw)
+        if config.init_from:  # a gymnax run is short to train again, and resumes bit-identically
+            raise ConfigError(f"init_from={config.init_from!r}: only Atari teachers start from one")
         self.trainer, self.mesh, self.chunk = trainer, mesh, chunk_iterations
         self.run = xla.jit(trainer.run, static_argnums=1)
 
@@ -172,6 +176,25 @@ def act_step_record(env, act: Callable, store: Callable, s: HostLoop, during: Ca
     return ended
 
 
+def warm_start(config) -> tuple[tuple[Any, int] | None, int]:
+    """`config.init_from`'s parameters and first vector step (None, 0 without one).
+
+    A run continued from an exported teacher when its checkpoint is lost (replay, optimiser and
+    emulators with it): the schedule goes on from the teacher's env steps, the optimiser starts
+    afresh, and `learning_starts` env steps refill replay with its own play before any update.
+    """
+    if not config.init_from:
+        return None, 0
+    policy = checkpoint.load(config.init_from, env_id=config.env_id, net=config.net)
+    steps = policy.manifest.get("env_steps")
+    if not isinstance(steps, int) or not 0 <= steps < config.total_steps - config.num_envs:
+        raise ConfigError(
+            f"init_from={config.init_from!r}: its env_steps {steps!r} must be a count below "
+            f"total_steps={config.total_steps} minus one vector step"
+        )
+    return (policy.params, steps // config.num_envs), steps // config.num_envs
+
+
 class AtariTeacher(_Teacher):
     """`teacher.fit_atari`'s job: one vector step per `advance`, a metrics row every
     `log_every` steps; with a `data` mesh the learner's arrays are replicated on it."""
@@ -183,11 +206,19 @@ class AtariTeacher(_Teacher):
         super().__init__(config, **kw)
         self.learner, self.log_every, self.mesh = learner, log_every, mesh
         self.stack = self.spec.obs_shape[0]
-        self.learning_starts = config.learning_starts // config.num_envs
+        self.warm, first = warm_start(config)
+        self.learning_starts = first + config.learning_starts // config.num_envs
         self.env = None
 
     def init(self):
-        return self.learner.init(jax.random.PRNGKey(self.config.seed))
+        state = self.learner.init(jax.random.PRNGKey(self.config.seed))
+        if self.warm is None:
+            return state
+        params, iteration = self.warm
+        copy = functools.partial(jax.tree_util.tree_map, jnp.array)  # donated apart
+        return state._replace(
+            params=copy(params), target_params=copy(params), iteration=jnp.int32(iteration)
+        )
 
     def restore(self, state, folder, manifest):
         state = super().restore(state, folder, manifest)

@@ -82,3 +82,20 @@ def test_figures_draw():
     ]
     figures.compression_figure({"rows": comp_rows, "summary": summary})
     matplotlib.pyplot.close("all")
+
+
+def test_teacher_curves_draw_a_panel_per_teacher_and_refuse_a_folder_without_a_curve(tmp_path):
+    from distill import checkpoint, paths, teacher_curves
+
+    pong = paths.shipped_teacher("ALE/Pong-v5")
+    out = teacher_curves.main([str(pong), str(pong), "--out", str(tmp_path / "c.png")])
+    assert out.stat().st_size > 10_000
+    (ax,) = teacher_curves.figure([pong]).axes
+    assert len(ax.lines[0].get_xdata()) == len(checkpoint.read_manifest(pong)["metrics"])
+    assert ax.get_title().endswith("evaluation 16.8, random -20.2 (30 games)")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    manifest = {k: v for k, v in checkpoint.read_manifest(pong).items() if k != "metrics"}
+    checkpoint.atomic_write_json(bare / "manifest.json", manifest)
+    with pytest.raises(checkpoint.CheckpointError, match="bare: its manifest holds no learning"):
+        teacher_curves.figure([bare])

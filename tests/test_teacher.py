@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import distill
-from distill import checkpoint, evaluate, runs, teacher, teacher_jobs
+from distill import checkpoint, envs, evaluate, paths, runs, teacher, teacher_jobs
 from distill.config import ConfigError
 
 ENV = "CartPole-v1"
@@ -90,7 +90,7 @@ def test_default_config_presets():
     assert minatar.num_envs == teacher.DQNConfig.num_envs
     pong = teacher.default_config("ALE/Pong-v5")
     assert (pong.total_steps, pong.batch_size, pong.target_update_every) == (2_000_000, 32, 2_000)
-    assert [teacher.family(e) for e in (ENV, "Breakout-MinAtar", "ALE/Pong-v5")] == [
+    assert [envs.spec(e).family for e in (ENV, "Breakout-MinAtar", "ALE/Pong-v5")] == [
         "vector",
         "minatar",
         "atari",
@@ -196,6 +196,49 @@ def test_make_train_refuses_atari():
 
 
 # ---------------------------------------------------------------------------- fit
+
+
+def test_fit_atari_init_from_continues_a_teacher_whose_checkpoint_is_lost(tmp_path):
+    """`init_from`: the shipped Pong teacher's parameters and env steps start the run, replay is
+    refilled for `learning_starts` env steps, then the updates move the parameters by Adam-sized
+    steps (a fresh network would sit orders of magnitude away)."""
+    source = checkpoint.load(paths.shipped_teacher("ALE/Pong-v5"))
+    steps = source.manifest["env_steps"]  # 554,840: 69,355 vector steps of 8
+    config = teacher.default_config(
+        "ALE/Pong-v5",
+        total_steps=steps + 96,
+        buffer_size=320,
+        learning_starts=64,
+        target_update_every=20,
+        init_from=source.path,
+    )
+    out = str(tmp_path / "t")
+    policy = teacher.fit_atari(config, out, eval_episodes=1, progress=False, log_every=4)
+    rows = policy.manifest["metrics"]
+    assert policy.manifest["env_steps"] == steps + 96
+    assert [r["env_steps"] for r in rows] == [554_848, 554_880, 554_912, steps + 96]
+    # replay refilled for 64 env steps (8 vector steps) first: updates in the last 4 only (8)
+    assert np.isnan([r["loss"] for r in rows[:2]]).all() and np.isfinite(rows[2]["loss"])
+    assert policy.manifest["config"]["init_from"] == source.path
+    pairs = zip(leaves(policy.params), leaves(source.params), strict=True)
+    moved = [np.max(np.abs(a - b)) for a, b in pairs]
+    assert 0 < max(moved) <= 8 * config.lr * 1.01, moved  # Adam: each step at most about lr
+
+
+def test_init_from_is_refused_where_it_cannot_hold(tmp_path):
+    pong = str(paths.shipped_teacher("ALE/Pong-v5"))
+    with pytest.raises(ConfigError, match="only Atari"):
+        teacher.fit(
+            teacher.default_config(ENV, **SMALL, init_from=pong),
+            str(tmp_path / "g"),
+            progress=False,
+        )
+    breakout = teacher.default_config("ALE/Breakout-v5", init_from=pong)
+    with pytest.raises(checkpoint.CheckpointError, match="made for env 'ALE/Pong-v5'"):
+        teacher.fit_atari(breakout, str(tmp_path / "b"), progress=False)
+    short = teacher.default_config("ALE/Pong-v5", total_steps=30_000, init_from=pong)
+    with pytest.raises(ConfigError, match="env_steps 554840 must be a count below"):
+        teacher.fit_atari(short, str(tmp_path / "s"), progress=False)
 
 
 @pytest.fixture(scope="module")
