@@ -118,6 +118,10 @@ class Job:
         """The progress bar's postfix after a chunk that produced rows."""
         return {}
 
+    def carried(self) -> tuple[list[dict], float]:
+        """Metrics rows and wall seconds a fresh run starts from (a run continued elsewhere)."""
+        return [], 0.0
+
     def finish(self, state: Any, rows: list[dict]) -> dict:
         """Entries of the finished manifest only (an evaluation, a final score)."""
         return {}
@@ -224,8 +228,7 @@ def _run(job: Job, folder: Path | None, resume: bool, progress: bool, tb: bool) 
     from tqdm.auto import tqdm
 
     state = job.init()
-    rows: list[dict] = []
-    wall_before = 0.0
+    rows, wall_before = job.carried()
     manifest = None if folder is None else previous(job, folder, resume)
     if manifest is not None:
         if manifest.get("status") == "complete":

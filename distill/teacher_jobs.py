@@ -176,12 +176,13 @@ def act_step_record(env, act: Callable, store: Callable, s: HostLoop, during: Ca
     return ended
 
 
-def warm_start(config) -> tuple[tuple[Any, int] | None, int]:
-    """`config.init_from`'s parameters and first vector step (None, 0 without one).
+def warm_start(config) -> tuple[checkpoint.Policy | None, int]:
+    """`config.init_from` loaded, and the vector step it reached (None, 0 without one).
 
     A run continued from an exported teacher when its checkpoint is lost (replay, optimiser and
     emulators with it): the schedule goes on from the teacher's env steps, the optimiser starts
     afresh, and `learning_starts` env steps refill replay with its own play before any update.
+    Its learning curve and wall time carry on from the teacher's (`AtariTeacher.carried`).
     """
     if not config.init_from:
         return None, 0
@@ -192,7 +193,7 @@ def warm_start(config) -> tuple[tuple[Any, int] | None, int]:
             f"init_from={config.init_from!r}: its env_steps {steps!r} must be a count below "
             f"total_steps={config.total_steps} minus one vector step"
         )
-    return (policy.params, steps // config.num_envs), steps // config.num_envs
+    return policy, steps // config.num_envs
 
 
 class AtariTeacher(_Teacher):
@@ -206,19 +207,26 @@ class AtariTeacher(_Teacher):
         super().__init__(config, **kw)
         self.learner, self.log_every, self.mesh = learner, log_every, mesh
         self.stack = self.spec.obs_shape[0]
-        self.warm, first = warm_start(config)
-        self.learning_starts = first + config.learning_starts // config.num_envs
+        self.warm, self.first = warm_start(config)
+        self.learning_starts = self.first + config.learning_starts // config.num_envs
         self.env = None
 
     def init(self):
         state = self.learner.init(jax.random.PRNGKey(self.config.seed))
         if self.warm is None:
             return state
-        params, iteration = self.warm
         copy = functools.partial(jax.tree_util.tree_map, jnp.array)  # donated apart
+        params = self.warm.params
         return state._replace(
-            params=copy(params), target_params=copy(params), iteration=jnp.int32(iteration)
+            params=copy(params), target_params=copy(params), iteration=jnp.int32(self.first)
         )
+
+    def carried(self) -> tuple[list[dict], float]:
+        if self.warm is None:
+            return [], 0.0
+        m, steps = self.warm.manifest, self.first * self.config.num_envs
+        rows = [r for r in m.get("metrics", []) if r.get("env_steps", steps + 1) <= steps]
+        return rows, float(m.get("wall_s", 0.0))
 
     def restore(self, state, folder, manifest):
         state = super().restore(state, folder, manifest)

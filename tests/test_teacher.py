@@ -214,7 +214,9 @@ def test_fit_atari_init_from_continues_a_teacher_whose_checkpoint_is_lost(tmp_pa
     )
     out = str(tmp_path / "t")
     policy = teacher.fit_atari(config, out, eval_episodes=1, progress=False, log_every=4)
-    rows = policy.manifest["metrics"]
+    rows = policy.manifest["metrics"][len(source.manifest["metrics"]) :]
+    assert policy.manifest["metrics"][: -len(rows)] == source.manifest["metrics"]  # carried on
+    assert policy.manifest["wall_s"] > source.manifest["wall_s"]  # 11,222 s, and this run's
     assert policy.manifest["env_steps"] == steps + 96
     assert [r["env_steps"] for r in rows] == [554_848, 554_880, 554_912, steps + 96]
     # replay refilled for 64 env steps (8 vector steps) first: updates in the last 4 only (8)
