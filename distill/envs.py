@@ -288,8 +288,11 @@ def make_atari(
     84x84 grayscale, a stack of 4, frameskip 4 with max-pooling over the last two frames, up to 30
     no-op actions at the start of each episode, episodes capped at 108,000 frames, no sticky
     actions (the deterministic ALE of 2015). `training=True` adds what DQN trains with: rewards
-    clipped to [-1, 1] and a life loss ending the episode for bootstrapping; evaluation sees raw
-    rewards and whole games. `batch_size < num_envs` turns on the asynchronous send/recv mode.
+    clipped to [-1, 1]. Episodes are always whole games: DQN's other training trick, a life loss
+    ending the episode for bootstrapping, is the teacher loop's (`life_lost`), because ale-py's
+    own `episodic_life` resets the whole game on a life loss (measured on Breakout: the next
+    observation is a new game's with 5 lives), so a teacher would only ever see its first life.
+    `batch_size < num_envs` turns on the asynchronous send/recv mode.
     Observations: uint8 `[batch, 4, 84, 84]`.
     """
     from ale_py.vector_env import AtariVectorEnv, AutoresetMode
@@ -314,7 +317,7 @@ def make_atari(
         max_num_frames_per_episode=ATARI_MAX_FRAMES,
         repeat_action_probability=0.0,
         reward_clipping=training,
-        episodic_life=training,
+        episodic_life=False,  # see the docstring: `life_lost` instead
         # the observation returned with done=True is already the next episode's first, as in
         # gymnax: replay and datasets then never hold a transition across an episode boundary
         autoreset_mode=AutoresetMode.SAME_STEP,
@@ -327,6 +330,23 @@ def reset_in_env_order(env, seed: int):
 
     obs, info = env.reset(seed=seed)
     return obs[np.argsort(info["env_id"])]
+
+
+def lives_in_env_order(info):
+    """The lives left in each env after a step or reset (`info["lives"]`), in env-id order."""
+    import numpy as np
+
+    return np.asarray(info["lives"])[np.argsort(info["env_id"])]
+
+
+def life_lost(before, after, game_over):
+    """Where a life was lost while the game goes on (lives `before` -> `after`; None before the
+    first step): DQN's training ends the episode there for bootstrapping, not the game."""
+    import numpy as np
+
+    if before is None:
+        return np.zeros_like(game_over)
+    return (after < before) & ~game_over
 
 
 def in_env_order(obs, reward, terminated, truncated, info):

@@ -1,8 +1,9 @@
 """The learning curves of trained teachers, one panel each, titled with their evaluation scores.
 
-Training returns are what the trainer saw: on Atari, clipped rewards summed over one life (the
-DQN training protocol), so not the scale of the exported evaluation in each title (whole games,
-raw rewards, epsilon 0.05, no-op starts) or of a random policy's score on the same episodes.
+Training returns are what the trainer saw: on Atari, clipped rewards summed over a game (over
+one life for the teachers trained before `envs.life_lost`: data/teachers/README.md), so not the
+scale of the exported evaluation in each title (whole games, raw rewards, epsilon 0.05, no-op
+starts) or of a random policy's score on the same episodes.
 
     python -m distill.teacher_curves data/teachers/ALE-Pong-v5 data/teachers/ALE-Breakout-v5 \\
         --out data/teachers/atari-learning-curves.png
@@ -47,7 +48,7 @@ def figure(folders: Sequence[str | Path]):
     for ax, folder in zip(axes[0], folders, strict=True):
         manifest = checkpoint.read_manifest(folder)
         plotting.learning_curve(curve_rows(manifest, str(folder)), ax=ax, smooth=5)
-        ax.set_ylabel("training return (clipped; per life on Atari)")
+        ax.set_ylabel("training return (clipped on Atari)")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e3:,.0f}k"))
         title = f"{manifest['env_id']}, {manifest['env_steps']:,} env steps"
         ax.set_title(f"{title}\n{score_line(manifest)}", fontsize=9)

@@ -146,6 +146,7 @@ class HostLoop:
     iteration: int
     obs: np.ndarray  # [envs, 4, 84, 84] uint8
     episode_return: np.ndarray  # [envs]
+    lives: np.ndarray | None = None  # [envs] after the last step (None before the first)
     loss: Any = None  # the last dispatched update's loss (not yet read back)
     finished: list = dataclasses.field(default_factory=list)  # returns since the last row
     loss_sum: float = 0.0
@@ -156,6 +157,8 @@ class HostLoop:
 def act_step_record(env, act: Callable, store: Callable, s: HostLoop, during: Callable) -> list:
     """One vector step: act on every env, step the emulators, record the step in replay.
 
+    A lost life ends the step's transition in replay (no bootstrapping past it, as DQN trains)
+    while the game and its return go on (`envs.life_lost`); returns are whole games'.
     `during(s, key)` runs while the emulators step (the learner's dispatch; JAX runs it
     asynchronously). Updates `s` in place; returns the returns of the episodes that ended.
     """
@@ -164,10 +167,13 @@ def act_step_record(env, act: Callable, store: Callable, s: HostLoop, during: Ca
     env.send(action)
     s.train = s.train._replace(key=key)
     during(s, k_learn)
-    obs, reward, terminated, truncated = envs.in_env_order(*env.recv())
+    step = env.recv()
+    lives = envs.lives_in_env_order(step[-1])
+    obs, reward, terminated, truncated = envs.in_env_order(*step)
     done = terminated | truncated
-    buffer = store(s.train.replay, s.obs[:, -1], action, reward.astype(np.float32), done)
-    s.train = s.train._replace(replay=buffer)
+    cut = done | envs.life_lost(s.lives, lives, done)
+    buffer = store(s.train.replay, s.obs[:, -1], action, reward.astype(np.float32), cut)
+    s.train, s.lives = s.train._replace(replay=buffer), lives
     s.episode_return += reward
     ended = s.episode_return[done].tolist()
     s.episode_return[done] = 0.0

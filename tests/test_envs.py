@@ -229,6 +229,33 @@ def test_atari_reward_clipping_in_training_only():
     assert np.all((train >= -1) & (train <= 1))
 
 
+def test_atari_training_game_goes_on_after_a_lost_life():
+    # ale-py's episodic_life resets the whole game on a life loss; training envs must not use it:
+    # Breakout's lives fall 5 -> 4 with no episode end, and the frame count keeps growing.
+    env = envs.make_atari("ALE/Breakout-v5", 1, training=True)
+    try:
+        _, info = env.reset(seed=0)
+        assert envs.lives_in_env_order(info).tolist() == [5]
+        for _ in range(2_000):  # FIRE then random play: the ball is lost within a few hundred
+            _, _, terminated, truncated, after = env.step(np.array([1]))
+            assert not (terminated | truncated).any()
+            if after["lives"][0] < 5:
+                break
+        assert after["lives"][0] == 4
+        assert after["episode_frame_number"][0] > info["episode_frame_number"][0]
+        lost = envs.life_lost(np.array([5]), after["lives"], np.array([False]))
+        assert lost.tolist() == [True]
+    finally:
+        env.close()
+
+
+def test_life_lost_only_while_the_game_goes_on():
+    before, after = np.array([3, 3, 1, 2]), np.array([2, 3, 5, 2])
+    game_over = np.array([False, False, True, False])
+    assert envs.life_lost(before, after, game_over).tolist() == [True, False, False, False]
+    assert envs.life_lost(None, after, game_over).tolist() == [False] * 4
+
+
 def test_atari_async_send_recv():
     env = envs.make_atari("ALE/Pong-v5", 4, batch_size=2)
     try:

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -196,6 +197,46 @@ def test_make_train_refuses_atari():
 
 
 # ---------------------------------------------------------------------------- fit
+
+
+class _ScriptedAtari:
+    """send/recv of a 2-env AtariVectorEnv that replays `steps` (rewards, terminated, lives),
+    returned in reverse env-id order as ale-py's threads may."""
+
+    def __init__(self, steps):
+        self.steps = iter(steps)
+
+    def send(self, action):
+        pass
+
+    def recv(self):
+        reward, terminated, lives = (np.array(x)[::-1] for x in next(self.steps))
+        info = {"env_id": np.array([1, 0]), "lives": lives}
+        return np.zeros((2, 4, 84, 84), np.uint8), reward, terminated, np.zeros(2, bool), info
+
+
+def test_a_lost_life_cuts_replay_but_not_the_game():
+    class Train(NamedTuple):
+        params: tuple = ()
+        key: jax.Array = jax.random.PRNGKey(0)
+        replay: tuple = ()
+
+    env = _ScriptedAtari(
+        [  # env 0 loses a life at step 2 and its game ends at step 3; env 1 plays on
+            ([1.0, 0.0], [False, False], [5, 3]),
+            ([0.0, 1.0], [False, False], [4, 3]),
+            ([2.0, 0.0], [True, False], [5, 3]),
+        ]
+    )
+    cuts = []
+    store = lambda replay, frame, action, reward, done: (*replay, done.tolist())  # noqa: E731
+    s = teacher_jobs.HostLoop(Train(), 0, np.zeros((2, 4, 84, 84), np.uint8), np.zeros(2))
+    act = lambda params, obs, key, it: np.zeros(2, np.int32)  # noqa: E731
+    for _ in range(3):
+        cuts.append(teacher_jobs.act_step_record(env, act, store, s, lambda *_: None))
+    assert list(s.train.replay) == [[False, False], [True, False], [True, False]]
+    assert cuts == [[], [], [3.0]]  # the whole game's return, past the lost life
+    assert s.episode_return.tolist() == [0.0, 1.0] and s.lives.tolist() == [5, 3]
 
 
 def test_fit_atari_init_from_continues_a_teacher_whose_checkpoint_is_lost(tmp_path):
