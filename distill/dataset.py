@@ -199,7 +199,7 @@ class _DatasetJob(jobs.Job):
         self.num_shards = -(-config.rows // config.rows_per_shard)
         self.desc = f"dataset {self.spec.env_id}"
         self.stagger = config.stagger_steps(self.spec)
-        self.edges = coverage.hist_edges(self.spec)
+        self.edges = coverage.hist_edges(self.spec, self.stagger, config.rows)
 
     def identity(self) -> dict:
         return {"teacher": self.fingerprint, "config": dataclasses.asdict(self.config)}

@@ -272,11 +272,22 @@ def test_time_in_episode_is_recorded_and_counted(cartpole_dataset):
     assert cov["stagger"] == 500 and cov["episodes"] == int(done.sum()) > 0
     assert cov["mean_episode_length"] == round(float((t[done] + 1).mean()), 2)
     assert cov["t_edges"] == list(range(0, 501, 25)) and sum(cov["t_counts"]) == 40_000
+    assert cov["mean_t"] == round(float(t.mean()), 2)  # exact, not from the bins
     want, _ = np.histogram(t, bins=cov["t_edges"])
     assert cov["t_counts"] == want.tolist()
     assert coverage.summary_line(cov).startswith("coverage: stagger W=500, ")
     rows = json.loads((cartpole_dataset / "metrics.json").read_text())
     assert [r["shard"] for r in rows] == manifest_of(cartpole_dataset)["shards"]
+
+
+def test_atari_histogram_spans_the_steps_a_state_can_have():
+    # 100,000 states from 64 envs after a 2,000-step warm-up: t < 3,563, not Atari's 27,000
+    edges = coverage.hist_edges(envs.spec("ALE/Breakout-v5"), 2_000, 1_563)
+    assert edges[0] == 0 and edges[-1] == 3_563 and len(edges) == coverage.HIST_BINS + 1
+    assert coverage.hist_edges(envs.spec("ALE/Breakout-v5"))[-1] == 27_000
+    # a binned mean for shards recorded before the exact sum
+    old = [{"episodes": 1, "episode_steps": 10, "t_counts": [2] + [0] * 19}]
+    assert coverage.summarise(old, np.arange(0, 21), 0)["mean_t"] == 0.5
 
 
 def test_a_dataset_made_before_t_still_loads(tmp_path, cartpole_dataset):
