@@ -430,6 +430,7 @@ def pong_dataset(tmp_path_factory):
         m.setattr(envs, "make_atari", recording)
         m.setattr(envs, "ATARI_MAX_FRAMES", 160)
         dataset.generate(str(root / "teacher"), config, str(root / "data"), progress=False)
+    envs.spec.cache_clear()  # a Pong spec cached under the patch would keep 40-step episodes
     assert len(made) == 2  # two halves of 2 envs
     return root / "data", [r.observations for r in made]
 

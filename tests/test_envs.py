@@ -298,9 +298,12 @@ def test_evaluate_atari_gives_each_env_its_share(monkeypatch):
     from distill import evaluate
 
     monkeypatch.setattr(envs, "ATARI_MAX_FRAMES", 160)  # about 40 agent steps a game
-    scores = evaluate.evaluate_atari(
-        evaluate.random_apply(6), None, "ALE/Pong-v5", episodes=7, epsilon=1.0, num_envs=3
-    )
+    try:
+        scores = evaluate.evaluate_atari(
+            evaluate.random_apply(6), None, "ALE/Pong-v5", episodes=7, epsilon=1.0, num_envs=3
+        )
+    finally:
+        envs.spec.cache_clear()  # no 40-step Pong spec left for later tests
     assert scores.episodes.shape == (7,)
     assert np.all(scores.episodes <= 0) and np.all(scores.episodes >= -21)
     # 3 envs step together until the one with 3 games is done: 30-40 agent steps a game
