@@ -228,14 +228,14 @@ def test_a_lost_life_cuts_replay_but_not_the_game():
             ([2.0, 0.0], [True, False], [5, 3]),
         ]
     )
-    cuts = []
+    ended = []
     store = lambda replay, frame, action, reward, done: (*replay, done.tolist())  # noqa: E731
     s = teacher_jobs.HostLoop(Train(), 0, np.zeros((2, 4, 84, 84), np.uint8), np.zeros(2))
     act = lambda params, obs, key, it: np.zeros(2, np.int32)  # noqa: E731
     for _ in range(3):
-        cuts.append(teacher_jobs.act_step_record(env, act, store, s, lambda *_: None))
+        ended.append(teacher_jobs.act_step_record(env, act, store, s, lambda *_: None))
     assert list(s.train.replay) == [[False, False], [True, False], [True, False]]
-    assert cuts == [[], [], [3.0]]  # the whole game's return, past the lost life
+    assert ended == [[], [], [3.0]]  # the whole game's return, past the lost life
     assert s.episode_return.tolist() == [0.0, 1.0] and s.lives.tolist() == [5, 3]
 
 
