@@ -84,12 +84,14 @@ def _run_stage(
 # budget fields added after runs were written, at the value those runs had where it is not the
 # field's default (the full budget's multi-task DQN and online stage had one run before 3)
 BEFORE_FIELD = {"multitask_dqn_seeds": 1, "online_seeds": 1}
-# budget fields that one stage alone reads: the other stages' finished results stay valid when
-# they change (`--multitask-dqn-seeds 3` reruns the multi-task stage, not the loss comparison)
+# budget fields that only some stages read: the other stages' finished results stay valid when
+# they change (`--multitask-dqn-seeds 3` reruns the multi-task stage, not the loss comparison;
+# `--fixed-updates` the multi-task and online stages)
 STAGE_FIELDS = {
     "compression": ("compression_nets",),
-    "multitask": ("multitask_dqn_steps", "multitask_dqn_seeds", "multitask_net"),
+    "multitask": ("multitask_dqn_steps", "multitask_dqn_seeds", "multitask_net", "fixed_updates"),
     "online": (
+        "fixed_updates",
         "online_teacher_steps",
         "online_rounds",
         "online_rows_per_round",
@@ -100,8 +102,10 @@ STAGE_FIELDS = {
 
 
 def _stage_view(budget: dict, stage: str) -> dict:
-    """The budget's fields that `stage` reads (all but those of other stages, `STAGE_FIELDS`)."""
-    others = {f for s, fields in STAGE_FIELDS.items() if s != stage for f in fields}
+    """The budget's fields that `stage` reads (all but those that only other stages read,
+    `STAGE_FIELDS`)."""
+    own = set(STAGE_FIELDS.get(stage, ()))
+    others = {f for s, fields in STAGE_FIELDS.items() if s != stage for f in fields} - own
     return {k: v for k, v in budget.items() if k not in others}
 
 

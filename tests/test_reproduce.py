@@ -195,6 +195,7 @@ def test_a_finished_stage_is_kept_when_only_another_stages_fields_change():
     comparison under today's full budget (3 runs), but not its multi-task stage; a field every
     stage reads (seeds) invalidates them all."""
     b = dataclasses.asdict(experiments.budget("full"))
+    stages = reproduce.STAGE_ORDER
     key = json.loads(json.dumps({"suite": "minatar", "budget": b}))
     old = {k: v for k, v in key["budget"].items() if k != "multitask_dqn_seeds"}
     done = {"suite": "minatar", "budget": old}
@@ -210,6 +211,9 @@ def test_a_finished_stage_is_kept_when_only_another_stages_fields_change():
     nets = {**key["budget"], "compression_nets": ["net1", "net2", "net3"]}
     assert reproduce._same_key({"suite": "minatar", "budget": nets}, key, "losses")
     assert not reproduce._same_key({"suite": "minatar", "budget": nets}, key, "compression")
+    fixed = {**key["budget"], "fixed_updates": 1_234}  # read by the multi-task and online stages
+    kept = {s: reproduce._same_key({"suite": "minatar", "budget": fixed}, key, s) for s in stages}
+    assert kept == {**dict.fromkeys(stages, True), "multitask": False, "online": False}
     more = {**key["budget"], "seeds": 3}
     assert not any(
         reproduce._same_key({"suite": "minatar", "budget": more}, key, s)
