@@ -196,8 +196,11 @@ def _read_clock(path: Path, key: dict | None = None) -> dict:
         raise checkpoint.CheckpointError(
             f"{path} is damaged ({e}); delete it to restart the stage's clock"
         ) from None
-    # the first clocks had no key: they count for the run they sit in
-    return totals if clock.get("key", key) == key else zero
+    # the first clocks had no key: they count for the run they sit in; one written when the
+    # stage read other fields (`STAGE_FIELDS` since changed) counts where `_same_key` says so
+    stored = clock.get("key", key)
+    same = stored == key or (isinstance(key, dict) and _same_key(stored, key, path.parent.name))
+    return totals if same else zero
 
 
 def reproduce(

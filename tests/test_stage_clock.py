@@ -1,11 +1,12 @@
 """`distill reproduce` times a stage over every session that ran it (reproduce.StageClock)."""
 
+import dataclasses
 import json
 import time
 
 import pytest
 
-from distill import reproduce
+from distill import experiments, reproduce
 from distill.schema import CheckpointError
 
 KEY = {"suite": "minatar", "budget": {"name": "full"}}
@@ -34,6 +35,23 @@ def test_stage_clock_sums_sessions_and_writes_while_running(tmp_path):
     with reproduce.StageClock(tmp_path, other, every=0.02) as fresh:
         pass
     assert fresh.totals()["sessions"] == 1 and fresh.totals()["wall_s"] < first["wall_s"]
+
+
+def test_a_clock_keyed_before_a_field_left_the_stage_still_counts(tmp_path):
+    """A compression clock written while the stage's key still held `fixed_updates` (before it
+    became a multi-task and online field only) is the same stage's clock today."""
+    budget = json.loads(json.dumps(dataclasses.asdict(experiments.budget("quick"))))
+    key = {"suite": "minatar", "budget": reproduce._stage_view(budget, "compression")}
+    assert "fixed_updates" not in key["budget"]
+    folder = tmp_path / "compression"
+    folder.mkdir()
+    then = {**key, "budget": {**key["budget"], "fixed_updates": budget["fixed_updates"]}}
+    clock = {"wall_s": 100.0, "cpu_s": 150.0, "sessions": 1, "key": then}
+    (folder / "clock.json").write_text(json.dumps(clock))
+    assert reproduce.StageClock(folder, key).wall_before == 100.0
+    other = {**then, "budget": {**then["budget"], "seeds": 7}}
+    (folder / "clock.json").write_text(json.dumps({**clock, "key": other}))
+    assert reproduce.StageClock(folder, key).wall_before == 0.0
 
 
 @pytest.mark.parametrize(
