@@ -175,6 +175,24 @@ def folder_name(config: student.StudentConfig, datas: Sequence[dataset.Dataset])
     return f"multitask_{games}_{config.net}_{config.loss}_{digest}"
 
 
+def training_rows(
+    config: student.StudentConfig, datas: Sequence[dataset.Dataset], seeds: int, cache: str | Path
+) -> list[dict]:
+    """The learning curves of `distil_seeds`' students in `cache`: each seed's metric rows
+    (`training_loss` and training-minibatch agreement, overall and per game, every `eval_every`
+    updates), with its `seed` and `student_loss`, read from the students' manifests."""
+    from distill import checkpoint
+
+    folder = Path(cache) / folder_name(config, datas)
+    rows = []
+    for s in range(seeds):
+        manifest = checkpoint.read_manifest(folder / f"seed_{s}")
+        for r in manifest["metrics"]:
+            named = {"training_loss" if k == "loss" else k: v for k, v in r.items()}
+            rows.append({"student_loss": config.loss, "seed": s, **named})
+    return rows
+
+
 def distil_seeds(
     config: student.StudentConfig,
     datas: Sequence[dataset.Dataset],

@@ -169,8 +169,20 @@ def test_atari_multitask_smoke(tmp_path, monkeypatch):
     assert [s["method"] for s in result["summary"]] == ["distilled-nll", "distilled-kl"]
     section = "\n".join(md.report_section(result))
     assert md.DQN_ON_ATARI in section and "Pong-v5 6, ALE/Breakout-v5 4" in section
+    # the students' learning curves: a row per loss, seed and block of eval_every x games updates
+    curve = result["training"]
+    blocks = b.updates // b.eval_every
+    assert len(curve) == 2 * b.seeds * blocks
+    assert [r["updates"] for r in curve[:blocks]] == [
+        (i + 1) * b.eval_every * len(TWO) for i in range(blocks)
+    ]
+    for r in curve:
+        assert r["student_loss"] in ("nll", "kl") and np.isfinite(r["training_loss"])
+        assert all(0 <= r[f"agreement {g}"] <= 1 for g in TWO)
+    assert "![training agreement](multitask/training_agreement.png)" in section
     md.write_multitask(result, tmp_path / "multitask")
-    assert (tmp_path / "multitask" / "multitask.png").stat().st_size > 1000
+    for name in ("multitask.png", "training_agreement.png", "training_agreement.csv"):
+        assert (tmp_path / "multitask" / name).stat().st_size > 100
     # the students were cached (one folder per loss): a second run reads them back
     students = sorted((tmp_path / "students").glob("multitask_Pong-v5+Breakout-v5_teacher_*"))
     assert len(students) == 2

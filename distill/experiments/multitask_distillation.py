@@ -26,6 +26,7 @@ from distill import (
     networks,
     paths,
     report,
+    runs,
     sharding,
     student,
     teacher,
@@ -155,7 +156,7 @@ def multitask(
         policies.append(policy)
         sets.append(data)
         teacher_steps += int(policy.manifest.get("env_steps", b.teacher_steps))
-    rows, kept = [], {}
+    rows, kept, training = [], {}, []
 
     def add_rows(method: str, scores: np.ndarray) -> None:  # scores [seeds, games, episodes]
         for seed in range(scores.shape[0]):
@@ -181,6 +182,7 @@ def multitask(
         if atari:  # a host loop per seed, cached in OUT/students/ (resumable)
             cache = runs_dir / "students"
             params = multitask_atari.distil_seeds(config, sets, b.seeds, cache, progress)
+            training += multitask_atari.training_rows(config, sets, b.seeds, cache)
         elif b.regime == "offline":  # side by side, resumable in OUT/students/ (per loss)
             cache = runs_dir / "students"
             params = multitask_students.trained(config, games, sets, b.seeds, cache, mesh, progress)
@@ -212,6 +214,7 @@ def multitask(
         "params": multitask_params(games, trunk),
         "actions": [envs.spec(g).num_actions for g in games],
         "budget": dataclasses.asdict(b),
+        **({"training": training} if training else {}),  # Atari: the students' curves
         **({"students": kept} if keep_students else {}),
     }
 
@@ -325,7 +328,7 @@ def multitask_table(result: dict) -> list[dict]:
 
 def write_multitask(result: dict, out: str | Path) -> Path:
     """results JSON, the per-game markdown table and the figure, into folder `out`."""
-    from distill import plotting
+    from distill import plotting, plotting_curves
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -335,6 +338,10 @@ def write_multitask(result: dict, out: str | Path) -> Path:
     )
     paper = PAPER_MULTITASK_10 if is_wide(result) else PAPER_MULTITASK
     plotting.multitask_figure(result, paper).savefig(folder / "multitask.png", dpi=120)
+    if result.get("training"):  # Atari: the students' learning curves
+        runs.write_metrics(folder, result["training"], stem="training_agreement")
+        figure = plotting_curves.training_agreement_figure(result["training"], _games(result))
+        figure.savefig(folder / "training_agreement.png", dpi=120)
     return folder
 
 
@@ -386,6 +393,22 @@ def report_section(result: dict) -> list[str]:
         report.markdown_table(multitask_table(r)),
         "",
         "![multitask](multitask/multitask.png)",
+        "",
+        *(training_note(r["training"]) if r.get("training") else []),
+    ]
+
+
+def training_note(rows: list[dict]) -> list[str]:
+    """The Atari students' learning curves: training agreement at the first and last block."""
+    first, last = min(r["updates"] for r in rows), max(r["updates"] for r in rows)
+    at = {u: np.mean([r["agreement"] for r in rows if r["updates"] == u]) for u in (first, last)}
+    return [
+        f"Training-minibatch agreement with the teachers, mean over losses and seeds: "
+        f"{at[first]:.2f} over the first {first:,} updates, {at[last]:.2f} over the block "
+        f"ending at {last:,} (`multitask/training_agreement.csv`); a curve still rising at its "
+        "end was stopped before its plateau.",
+        "",
+        "![training agreement](multitask/training_agreement.png)",
         "",
     ]
 
