@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import dataset, envs, jobs, student, xla
+from distill import checkpoint, dataset, envs, jobs, student, xla
 from distill import multitask as mt
 from distill.config import ConfigError
 
@@ -175,18 +175,22 @@ def folder_name(config: student.StudentConfig, datas: Sequence[dataset.Dataset])
     return f"multitask_{games}_{config.net}_{config.loss}_{digest}"
 
 
+def seed_folder(
+    cache: str | Path, config: student.StudentConfig, datas: Sequence[dataset.Dataset], seed: int
+) -> Path:
+    """Where `distil_seeds` keeps its student of seed `config.seed + seed`."""
+    return Path(cache) / folder_name(config, datas) / f"seed_{seed}"
+
+
 def training_rows(
     config: student.StudentConfig, datas: Sequence[dataset.Dataset], seeds: int, cache: str | Path
 ) -> list[dict]:
     """The learning curves of `distil_seeds`' students in `cache`: each seed's metric rows
     (`training_loss` and training-minibatch agreement, overall and per game, every `eval_every`
     updates), with its `seed` and `student_loss`, read from the students' manifests."""
-    from distill import checkpoint
-
-    folder = Path(cache) / folder_name(config, datas)
     rows = []
     for s in range(seeds):
-        manifest = checkpoint.read_manifest(folder / f"seed_{s}")
+        manifest = checkpoint.read_manifest(seed_folder(cache, config, datas, s))
         for r in manifest["metrics"]:
             named = {"training_loss" if k == "loss" else k: v for k, v in r.items()}
             rows.append({"student_loss": config.loss, "seed": s, **named})
@@ -203,12 +207,11 @@ def distil_seeds(
     """`seeds` multi-task students, seed s a `fit` of seed `config.seed + s` (in
     `cache/<folder_name>/seed_s` when `cache` is given: resumable, and read back once
     finished); their parameters stacked with a leading `[seeds]` axis."""
-    folder = Path(cache) / folder_name(config, datas) if cache is not None else None
     params = [
         fit(
             dataclasses.replace(config, seed=config.seed + s),
             datas,
-            folder / f"seed_{s}" if folder is not None else None,
+            seed_folder(cache, config, datas, s) if cache is not None else None,
             progress=progress,
         ).params
         for s in range(seeds)

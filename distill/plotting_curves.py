@@ -17,22 +17,20 @@ def training_agreement_figure(rows: Sequence[dict], games: Sequence[str]):
     losses = list(dict.fromkeys(r["student_loss"] for r in rows))
     for ax, game in zip(axes[0], games, strict=True):
         for i, loss in enumerate(losses):
-            mine = [r for r in rows if r["student_loss"] == loss]
-            seeds = sorted({r["seed"] for r in mine})
-            x = sorted({r["updates"] for r in mine})
-            per_seed = np.array(
-                [
-                    [
-                        next((r[f"agreement {game}"] for r in mine if _at(r, s, u)), np.nan)
-                        for u in x
-                    ]
-                    for s in seeds
-                ],
-                dtype=float,
-            )
+            at = {
+                (r["seed"], r["updates"]): r.get(f"agreement {game}", np.nan)
+                for r in rows
+                if r["student_loss"] == loss
+            }
+            seeds = sorted({s for s, _ in at})
+            x = sorted({u for _, u in at})
+            per_seed = np.array([[at.get((s, u), np.nan) for u in x] for s in seeds], float)
             for y in per_seed:
                 ax.plot(x, y, color=f"C{i}", alpha=0.25, lw=1)
-            ax.plot(x, np.nanmean(per_seed, axis=0), "o-", ms=3, color=f"C{i}", label=loss)
+            mean = [
+                np.mean(c[np.isfinite(c)]) if np.isfinite(c).any() else np.nan for c in per_seed.T
+            ]
+            ax.plot(x, mean, "o-", ms=3, color=f"C{i}", label=loss)
         ax.set_title(game, fontsize=9)
         ax.set_xlabel("updates (all games)")
         ax.grid(alpha=0.3)
@@ -40,7 +38,3 @@ def training_agreement_figure(rows: Sequence[dict], games: Sequence[str]):
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def _at(row: dict, seed: int, updates: int) -> bool:
-    return row["seed"] == seed and row["updates"] == updates

@@ -135,9 +135,11 @@ class StageClock:
     CPU seconds count this process's threads; beside the wall time they show how much of the
     machine the stage had (other jobs running at the same time make the wall time longer)."""
 
-    def __init__(self, folder: Path, key: dict | None = None, every: float = 30.0):
+    def __init__(
+        self, folder: Path, key: dict | None = None, every: float = 30.0, stage: str | None = None
+    ):
         self.path, self.key, self.every = folder / "clock.json", key, every
-        before = _read_clock(self.path, key)
+        before = _read_clock(self.path, key, stage)
         self.wall_before, self.cpu_before = before["wall_s"], before["cpu_s"]
         self.sessions = before["sessions"] + 1
         self._stop, self._final = threading.Event(), None
@@ -179,9 +181,10 @@ class StageClock:
         checkpoint.atomic_write_json(self.path, {**self.totals(), "key": self.key})
 
 
-def _read_clock(path: Path, key: dict | None = None) -> dict:
+def _read_clock(path: Path, key: dict | None = None, stage: str | None = None) -> dict:
     """A stage clock's totals so far: zero where none was written or it was written for another
-    key; a damaged one is refused by name."""
+    key (for a named `stage`, another key as `_same_key` compares them); a damaged one is
+    refused by name."""
     zero = {"wall_s": 0.0, "cpu_s": 0.0, "sessions": 0}
     if not path.exists():
         return zero
@@ -199,7 +202,7 @@ def _read_clock(path: Path, key: dict | None = None) -> dict:
     # the first clocks had no key: they count for the run they sit in; one written when the
     # stage read other fields (`STAGE_FIELDS` since changed) counts where `_same_key` says so
     stored = clock.get("key", key)
-    same = stored == key or (isinstance(key, dict) and _same_key(stored, key, path.parent.name))
+    same = stored == key or (stage in STAGE_ORDER and _same_key(stored, key, stage))
     return totals if same else zero
 
 
@@ -269,7 +272,7 @@ def reproduce(
         print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
         # the clock's key: the budget fields this stage reads (as a finished stage is matched)
         stage_key = {**key, "budget": _stage_view(key["budget"], stage)}
-        with StageClock(out / stage, stage_key) as clock:
+        with StageClock(out / stage, stage_key, stage=stage) as clock:
             result = _run_stage(stage, b, out, progress, mesh)
         spent = clock.totals()
         timings[stage], cpu[stage], results[stage] = spent["wall_s"], spent["cpu_s"], result

@@ -171,7 +171,7 @@ def test_atari_multitask_smoke(tmp_path, monkeypatch):
     assert md.DQN_ON_ATARI in section and "Pong-v5 6, ALE/Breakout-v5 4" in section
     # the students' learning curves: a row per loss, seed and block of eval_every x games updates
     curve = result["training"]
-    blocks = b.updates // b.eval_every
+    blocks = b.fixed_student_updates // b.eval_every
     assert len(curve) == 2 * b.seeds * blocks
     assert [r["updates"] for r in curve[:blocks]] == [
         (i + 1) * b.eval_every * len(TWO) for i in range(blocks)

@@ -39,19 +39,27 @@ def test_stage_clock_sums_sessions_and_writes_while_running(tmp_path):
 
 def test_a_clock_keyed_before_a_field_left_the_stage_still_counts(tmp_path):
     """A compression clock written while the stage's key still held `fixed_updates` (before it
-    became a multi-task and online field only) is the same stage's clock today."""
-    budget = json.loads(json.dumps(dataclasses.asdict(experiments.budget("quick"))))
+    became a multi-task and online field only) is the same stage's clock today; a multi-task
+    clock of another `fixed_updates`, or one of another field, is not."""
+    budget = json.loads(json.dumps(dataclasses.asdict(experiments.budget("full"))))
+    assert budget["fixed_updates"] is not None
+
+    def before(stage: str, **changed) -> float:
+        key = {"suite": "minatar", "budget": reproduce._stage_view(budget, stage)}
+        then = {**key, "budget": {**key["budget"], "fixed_updates": 123, **changed}}
+        clock = {"wall_s": 100.0, "cpu_s": 150.0, "sessions": 1, "key": then}
+        (tmp_path / "clock.json").write_text(json.dumps(clock))
+        return reproduce.StageClock(tmp_path, key, stage=stage).wall_before
+
+    assert before("compression") == 100.0
+    assert before("multitask") == 0.0
+    assert before("compression", seeds=7) == 0.0
+    # without a stage's name only the same key counts
     key = {"suite": "minatar", "budget": reproduce._stage_view(budget, "compression")}
-    assert "fixed_updates" not in key["budget"]
-    folder = tmp_path / "compression"
-    folder.mkdir()
-    then = {**key, "budget": {**key["budget"], "fixed_updates": budget["fixed_updates"]}}
-    clock = {"wall_s": 100.0, "cpu_s": 150.0, "sessions": 1, "key": then}
-    (folder / "clock.json").write_text(json.dumps(clock))
-    assert reproduce.StageClock(folder, key).wall_before == 100.0
-    other = {**then, "budget": {**then["budget"], "seeds": 7}}
-    (folder / "clock.json").write_text(json.dumps({**clock, "key": other}))
-    assert reproduce.StageClock(folder, key).wall_before == 0.0
+    (tmp_path / "clock.json").write_text(
+        json.dumps({"wall_s": 1.0, "cpu_s": 1.0, "sessions": 1, "key": {**key, "x": 1}})
+    )
+    assert reproduce.StageClock(tmp_path, key).wall_before == 0.0
 
 
 @pytest.mark.parametrize(

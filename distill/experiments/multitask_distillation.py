@@ -401,7 +401,7 @@ def report_section(result: dict) -> list[str]:
 def training_note(rows: list[dict]) -> list[str]:
     """The Atari students' learning curves: training agreement at the first and last block."""
     first, last = min(r["updates"] for r in rows), max(r["updates"] for r in rows)
-    at = {u: np.mean([r["agreement"] for r in rows if r["updates"] == u]) for u in (first, last)}
+    at = {u: np.nanmean([r["agreement"] for r in rows if r["updates"] == u]) for u in (first, last)}
     return [
         f"Training-minibatch agreement with the teachers, mean over losses and seeds: "
         f"{at[first]:.2f} over the first {first:,} updates, {at[last]:.2f} over the block "
