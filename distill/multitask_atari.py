@@ -19,6 +19,12 @@ update u trains on a minibatch of game u mod len(games), each minibatch rebuildi
 train: the experiment scores each head on its game's paired episodes at the end
 (`experiments.multitask_distillation.heads_scores`). `fit` runs one student as a `jobs.Job`
 (progress, checkpoints every two minutes, resume); `distil_seeds` one per seed.
+
+A longer run continues a shorter one: the learning rate is constant and each update draws its
+minibatch from the key in the training state, so a run of the same config with fewer `updates`
+is the first part of a longer one, bit for bit. `distil_seeds` starts a student that has no
+folder yet from the furthest such run in the cache (`shorter_run`), and its manifest names it
+(`continued_from`); its learning curve and wall time carry on from that run's.
 """
 
 from __future__ import annotations
@@ -62,8 +68,15 @@ class MultiStudentJob(jobs.Job):
     keep_state_file = True  # a finished run is read back from its training state
     resume_hint = "run the same command again to continue"
 
-    def __init__(self, config: student.StudentConfig, datas, checkpoint_every_s: float = 120.0):
+    def __init__(
+        self,
+        config: student.StudentConfig,
+        datas,
+        checkpoint_every_s: float = 120.0,
+        start_from: Path | None = None,
+    ):
         self.config, self.datas = config, tuple(datas)
+        self.start_from = start_from  # a shorter run of this config to continue (`shorter_run`)
         self.games = tuple(d.env_id for d in self.datas)
         if not mt.on_host(self.games):
             raise ConfigError(f"games={list(self.games)}: Atari games only (MinAtar: in-graph)")
@@ -93,19 +106,31 @@ class MultiStudentJob(jobs.Job):
         }
 
     def matches(self, manifest: dict) -> bool:
-        stored = manifest.get("datasets") or []
         return (
             manifest.get("config") == student.config_identity(self.config)
             and manifest.get("games") == list(self.games)
-            and len(stored) == len(self.datas)
-            and all(
-                dataset.same_source(s, student.dataset_fingerprint(d))
-                for s, d in zip(stored, self.datas, strict=True)
-            )
+            and same_datasets(manifest, self.datas)
         )
 
     def init(self) -> student.StudentState:
-        return self.parts.init(jax.random.PRNGKey(self.config.seed))
+        state = self.parts.init(jax.random.PRNGKey(self.config.seed))
+        if self.start_from is None:
+            return state
+        return jobs.restore(self, state, self.start_from, self._shorter())
+
+    def _shorter(self) -> dict:
+        return checkpoint.read_manifest(self.start_from)
+
+    def carried(self) -> tuple[list[dict], float]:
+        if self.start_from is None:
+            return [], 0.0
+        manifest = self._shorter()
+        return list(manifest.get("metrics", [])), float(manifest.get("wall_s", 0.0))
+
+    def restore(self, state, folder: Path, manifest: dict) -> student.StudentState:
+        if folder != self.start_from and manifest.get("continued_from"):
+            self.start_from = Path(manifest["continued_from"])  # a continuation resumed
+        return super().restore(state, folder, manifest)
 
     def start(self, state: student.StudentState) -> student.StudentState:
         self.arrays = [d.arrays() for d in self.datas]
@@ -135,7 +160,8 @@ class MultiStudentJob(jobs.Job):
         return jobs.Chunk(state, [row], {f"{self.config.loss} loss": loss})
 
     def describe(self, state: student.StudentState) -> dict:
-        return {"updates": self.done(state), "net": self.config.net}
+        more = {} if self.start_from is None else {"continued_from": str(self.start_from)}
+        return {"updates": self.done(state), "net": self.config.net, **more}
 
     def postfix(self, rows: list[dict]) -> dict:
         return {"loss": f"{rows[-1]['loss']:.4f}", "agreement": f"{rows[-1]['agreement']:.3f}"}
@@ -154,10 +180,12 @@ def fit(
     *,
     progress: bool = True,
     checkpoint_every_s: float = 120.0,
+    start_from: Path | None = None,
 ) -> student.StudentState:
     """One multi-task student distilled from `datas` (one Atari dataset per game) for
-    `config.updates` updates in all; in `out` it checkpoints and resumes (None: in memory)."""
-    job = MultiStudentJob(config, datas, checkpoint_every_s)
+    `config.updates` updates in all; in `out` it checkpoints and resumes (None: in memory).
+    `start_from`: a folder of `shorter_run`'s, whose training state a new run continues."""
+    job = MultiStudentJob(config, datas, checkpoint_every_s, start_from)
     return jobs.run(job, out, resume=True, progress=progress)
 
 
@@ -180,6 +208,57 @@ def seed_folder(
 ) -> Path:
     """Where `distil_seeds` keeps its student of seed `config.seed + seed`."""
     return Path(cache) / folder_name(config, datas) / f"seed_{seed}"
+
+
+def shorter_run(
+    cache: str | Path, config: student.StudentConfig, datas: Sequence[dataset.Dataset], seed: int
+) -> Path | None:
+    """Seed `seed`'s folder, among `cache`'s students of these games, net and loss, that holds the
+    furthest run of `config` with fewer `updates` (finished or stopped) on the same datasets, with
+    its training state; None if there is none. A folder whose manifest cannot be read is passed
+    over: it is only a candidate."""
+    prefix = folder_name(config, datas).rsplit("_", 1)[0]
+    seeded = dataclasses.replace(config, seed=config.seed + seed)
+    best, best_updates = None, 0
+    for folder in sorted(Path(cache).glob(f"{prefix}_*/seed_{seed}")):
+        try:
+            manifest = checkpoint.read_manifest(folder)
+        except checkpoint.CheckpointError:
+            continue
+        done = manifest.get("updates")
+        if _continues(manifest, folder, seeded, datas) and best_updates < done < config.updates:
+            best, best_updates = folder, done
+    return best
+
+
+def _continues(
+    manifest: dict, folder: Path, config: student.StudentConfig, datas: Sequence[dataset.Dataset]
+) -> bool:
+    """Whether `manifest` (in `folder`) is of a run of `config` but for its `updates`, on these
+    datasets, with its training state on disk."""
+
+    def but_updates(c) -> dict:
+        return {k: v for k, v in student.config_identity(c).items() if k != "updates"}
+
+    theirs, state = manifest.get("config"), checkpoint.TRAIN_STATE
+    return (
+        isinstance(theirs, dict)
+        and but_updates(theirs) == but_updates(config)
+        and isinstance(manifest.get("updates"), int)
+        and manifest.get("games") == [d.env_id for d in datas]
+        and same_datasets(manifest, datas)
+        and state in manifest["files"]
+        and checkpoint.path_of(folder, state, manifest).is_file()
+    )
+
+
+def same_datasets(manifest: dict, datas: Sequence[dataset.Dataset]) -> bool:
+    """Whether a student's manifest names these datasets (the same sources, in this order)."""
+    stored = manifest.get("datasets") or []
+    return len(stored) == len(datas) and all(
+        dataset.same_source(s, student.dataset_fingerprint(d))
+        for s, d in zip(stored, datas, strict=True)
+    )
 
 
 def training_rows(
@@ -205,15 +284,16 @@ def distil_seeds(
     progress: bool = True,
 ):
     """`seeds` multi-task students, seed s a `fit` of seed `config.seed + s` (in
-    `cache/<folder_name>/seed_s` when `cache` is given: resumable, and read back once
-    finished); their parameters stacked with a leading `[seeds]` axis."""
-    params = [
-        fit(
-            dataclasses.replace(config, seed=config.seed + s),
-            datas,
-            seed_folder(cache, config, datas, s) if cache is not None else None,
-            progress=progress,
-        ).params
-        for s in range(seeds)
-    ]
+    `cache/<folder_name>/seed_s` when `cache` is given: resumable, read back once finished, and
+    a new one continuing the seed's `shorter_run`); their parameters stacked with a leading
+    `[seeds]` axis."""
+    params = []
+    for s in range(seeds):
+        folder = shorter = None
+        if cache is not None:
+            folder = seed_folder(cache, config, datas, s)
+            if not (folder / checkpoint.MANIFEST).exists():
+                shorter = shorter_run(cache, config, datas, s)
+        seeded = dataclasses.replace(config, seed=config.seed + s)
+        params.append(fit(seeded, datas, folder, progress=progress, start_from=shorter).params)
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)

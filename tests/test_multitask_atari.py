@@ -1,18 +1,21 @@
 """The Atari multi-task student (`distill.multitask_atari`): the paper's 3-game network counted by
-hand, each game's frame stacks in its minibatches, a missing teacher refused before any work,
-heads scored on their games' paired episodes, and the experiment end to end at a smoke budget."""
+hand, each game's frame stacks in its minibatches, a longer run continuing a shorter one bit for
+bit, a missing teacher refused before any work, heads scored on their games' paired episodes, and
+the experiment end to end at a smoke budget."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import killed_after
 
-from distill import cli, envs, multitask_atari, networks, teacher
+from distill import checkpoint, cli, dataset, envs, multitask_atari, networks, student, teacher
 from distill import multitask as mt
 from distill.config import ConfigError
 from distill.experiments import common
@@ -88,6 +91,72 @@ def test_each_game_samples_its_own_frame_stacks():
     minatar = {**data, "obs": jnp.zeros((rows, n, 10, 10, 4), bool)}
     obs, _ = mt.sample_game(minatar, jax.random.PRNGKey(0), 8, "Breakout-MinAtar")
     assert obs.shape == (8, 10, 10, 4)
+
+
+def _atari_dataset(folder, game: str, rows: int = 8, n: int = 2) -> dataset.Dataset:
+    """A finished dataset of random single frames and Q-values, as `generate` writes one."""
+    rng, actions = np.random.default_rng(len(game)), envs.spec(game).num_actions
+    arrays = {
+        "obs": rng.integers(0, 255, (rows, n, 84, 84), dtype=np.uint8),
+        "q": rng.normal(size=(rows, n, actions)).astype(np.float32),
+        "action": rng.integers(0, actions, (rows, n)).astype(np.int32),
+        "reward": np.zeros((rows, n), np.float32),
+        "done": np.zeros((rows, n), bool),
+        "history_obs": np.zeros((3, n, 84, 84), np.uint8),  # the 3 frames before the first row
+        "history_done": np.ones((3, n), bool),
+    }
+    buf, name = io.BytesIO(), f"shard_00000_{rows}.npz"
+    np.savez(buf, **arrays)
+    manifest = {
+        **{"kind": "dataset", "status": "complete", "env_id": game, "num_actions": actions},
+        **{"obs_shape": [4, 84, 84], "stack": 4, "shards": [name], "rows": rows},
+        **{"num_envs": n, "teacher": {"path": "t"}, "config": {}, "metrics": [], "wall_s": 0.0},
+    }
+    checkpoint.write_checkpoint(folder, {name: buf.getvalue()}, manifest)
+    return dataset.load_dataset(str(folder))
+
+
+def test_a_longer_run_continues_a_shorter_one_bit_for_bit(tmp_path, monkeypatch):
+    """A student of 8 updates continued from the same config's run of 4 in the cache, stopped
+    after 2 more and resumed, ends with the parameters and learning curve of one trained 8
+    updates from the start, and says what it continued; a shorter run of another config is not
+    continued."""
+    sets = [_atari_dataset(tmp_path / g.replace("/", "-"), g) for g in TWO]
+    config = student.StudentConfig(loss="kl", net="net3", updates=8, eval_every=2, batch_size=4)
+    short = dataclasses.replace(config, updates=4)
+
+    def trained(cache, c):
+        params = multitask_atari.distil_seeds(c, sets, 1, cache, progress=False)
+        return params, checkpoint.read_manifest(multitask_atari.seed_folder(cache, c, sets, 0))
+
+    want, whole = trained(tmp_path / "whole", config)
+    assert "continued_from" not in whole and whole["updates"] == 8
+    _, first = trained(tmp_path / "parts", short)
+    shorter = multitask_atari.shorter_run(tmp_path / "parts", config, sets, 0)
+    assert shorter == multitask_atari.seed_folder(tmp_path / "parts", short, sets, 0)
+    folder = multitask_atari.seed_folder(tmp_path / "parts", config, sets, 0)
+    with monkeypatch.context() as m:  # killed after its first checkpoint (6 updates)
+        m.setattr(checkpoint, "write_checkpoint", killed_after(1, checkpoint.write_checkpoint, []))
+        with pytest.raises(KeyboardInterrupt):
+            multitask_atari.fit(
+                config, sets, folder, progress=False, checkpoint_every_s=0, start_from=shorter
+            )
+    assert checkpoint.read_manifest(folder)["updates"] == 6
+    got, then = trained(tmp_path / "parts", config)  # resumed without being told what it continues
+    assert then["continued_from"] == str(shorter)
+    assert then["updates"] == 8 and then["wall_s"] > first["wall_s"]
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [r["updates"] for r in then["metrics"]] == [2, 4, 6, 8]
+    assert then["metrics"][:2] == first["metrics"]  # carried over, then 4 more updates trained
+    assert _timeless(then["metrics"]) == _timeless(whole["metrics"])
+    other = dataclasses.replace(config, lr=config.lr / 2)
+    assert multitask_atari.shorter_run(tmp_path / "parts", other, sets, 0) is None
+    assert multitask_atari.shorter_run(tmp_path / "parts", short, sets, 0) is None
+
+
+def _timeless(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
 
 def test_a_missing_atari_teacher_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
