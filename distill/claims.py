@@ -16,6 +16,10 @@ A verdict is one of `VERDICTS`, decided from intervals only, by these rules:
   budget whatever its interval: the bootstrap of one run collapses to the point, and that of two
   runs can only draw their min, mean and max, which understates the run-to-run spread; so is a
   part whose stage or groups are missing from the results;
+- a part that would be contradicted is unresolved at this budget when a run of its groups was
+  still learning when it stopped (`plateau.still_learning`: capped before its plateau, or its
+  training agreement still rising over its last block): the paper's claims are about trained
+  students, and one that falls short while still learning has not shown that it cannot match;
 - "the online student matches its teacher": per run, the student's mean evaluation over the
   second half of the rounds as a % of its teacher's in the same rounds, bootstrapped over runs
   and judged by the "at p %" rule with p = 100 (fewer than `MIN_RUNS` runs: unresolved);
@@ -121,11 +125,11 @@ ONLINE_CLAIM = "online student more stable than its teacher"
 ONLINE_PAPER = "Sec. 5.4: the online student is more stable than its teacher (no numbers)"
 
 
-def _fmt(est: dict, digits: int = 1) -> str:
+def fmt_interval(est: dict, digits: int = 1) -> str:
     return f"{est['point']:.{digits}f} [{est['lo']:.{digits}f}, {est['hi']:.{digits}f}]"
 
 
-def _above(est: dict, level: float) -> str:
+def above_level(est: dict, level: float) -> str:
     """The rule of every "greater" comparison: the interval above, below or around `level`."""
     if not np.isfinite([est["lo"], est["hi"]]).all():
         return UNRESOLVED
@@ -148,12 +152,12 @@ def _part(part: Part, summary: dict) -> tuple[str, str]:
         est = next(
             p for p in summary["improvement"] if (p["x"], p["y"]) == (part.x, part.y)
         )  # stats.PAIRS lists every pair a claim compares
-        verdict, text = _above(est, 0.5), f"P({part.x} > {part.y}) = {_fmt(est, 2)}"
+        verdict, text = above_level(est, 0.5), f"P({part.x} > {part.y}) = {fmt_interval(est, 2)}"
     else:
         est = groups[part.x]["geometric_mean"]
-        text = f"{part.x} geometric mean = {_fmt(est)} % of teacher"
+        text = f"{part.x} geometric mean = {fmt_interval(est)} % of teacher"
         if part.kind == "beats_teacher":
-            verdict = _above(est, 100.0)
+            verdict = above_level(est, 100.0)
         else:
             verdict = CONTRADICTED if est["hi"] < part.value else REPRODUCED
             verdict = verdict if np.isfinite([est["lo"], est["hi"]]).all() else UNRESOLVED
@@ -162,6 +166,11 @@ def _part(part: Part, summary: dict) -> tuple[str, str]:
         verdict = UNRESOLVED
         runs = " and ".join(f"{n} {groups[n]['runs']}" for n in few)
         text += f", but runs per game: {runs} (fewer than {MIN_RUNS})"
+    learning = [n for n in names if groups[n].get("still_learning", [0])[0]]
+    if verdict == CONTRADICTED and learning:
+        verdict = UNRESOLVED
+        runs = " and ".join("{} {} of {}".format(n, *groups[n]["still_learning"]) for n in learning)
+        text += f", but runs still learning when they stopped: {runs}"
     return verdict, text
 
 
@@ -170,82 +179,6 @@ def combine(verdicts: list[str]) -> str:
     if CONTRADICTED in verdicts:
         return CONTRADICTED
     return REPRODUCED if all(v == REPRODUCED for v in verdicts) else UNRESOLVED
-
-
-def stability(scores) -> dict:
-    """`{"spread", "worst_drop"}` of one run's evaluations: distill.online.stability's
-    definitions (a test checks they agree), without importing the training modules."""
-    s = np.asarray(scores, dtype=float)
-    drops = s[:-1] - s[1:]
-    return {
-        "spread": float(np.std(s[len(s) // 2 :])),
-        "worst_drop": float(max(drops.max(initial=0.0), 0.0)),
-    }
-
-
-def online_runs(online: dict | None) -> list[list[dict]]:
-    """The online stage's per-round rows, one list per run (seed), each in round order."""
-    runs: dict = {}
-    for r in sorted((online or {}).get("rows", []), key=lambda r: r["round"]):
-        runs.setdefault(r.get("seed", 0), []).append(r)
-    return list(runs.values())
-
-
-def online_match(online: dict | None, reps: int = stats.REPS, seed: int = 0) -> dict:
-    """The first half of the online claim: per run, the student's mean score over the second
-    half of the rounds as a % of its teacher's in the same rounds, bootstrapped over runs and
-    judged by the "at p %" rule with p = 100 (as good as its teacher, or better)."""
-    out = {"claim": ONLINE_MATCH_CLAIM, "paper": ONLINE_MATCH_PAPER, "stage": "online"}
-    runs = online_runs(online)
-    if not runs:
-        return {**out, "verdict": UNRESOLVED, "evidence": "no online results"}
-    pct = []
-    for rs in runs:
-        half = rs[len(rs) // 2 :]
-        teacher_mean = np.mean([r["teacher_score"] for r in half])
-        student_mean = np.mean([r["student_score"] for r in half])
-        pct.append(100.0 * student_mean / teacher_mean if teacher_mean > 0 else np.nan)
-    each = ", ".join(f"{p:.1f}" for p in pct)
-    if not np.isfinite(pct).all():  # a teacher that scored 0 or below
-        return {**out, "verdict": UNRESOLVED, "evidence": f"no ratio to a teacher's score: {each}"}
-    if len(runs) < MIN_RUNS:
-        evidence = f"{len(runs)} run(s): {each} % of the teacher (fewer than {MIN_RUNS} runs)"
-        return {**out, "verdict": UNRESOLVED, "evidence": evidence}
-    est = stats.interval({"run": np.array(pct)}, stats.mean, reps, seed)
-    verdict = CONTRADICTED if est["hi"] < 100.0 else REPRODUCED
-    evidence = (
-        f"{len(runs)} runs: second half {_fmt(est)} % of the teacher's score in the same "
-        f"rounds (runs {each})"
-    )
-    return {**out, "verdict": verdict, "evidence": evidence}
-
-
-def online_verdict(online: dict | None, reps: int = stats.REPS, seed: int = 0) -> dict:
-    """The stability claim from the online stage's per-round rows (one run per seed)."""
-    out = {"claim": ONLINE_CLAIM, "paper": ONLINE_PAPER, "stage": "online"}
-    runs = online_runs(online)
-    if not runs:
-        return {**out, "verdict": UNRESOLVED, "evidence": "no online results"}
-    diff = {"spread": [], "worst_drop": []}  # teacher - student, per run
-    for rs in runs:
-        t = stability([r["teacher_score"] for r in rs])
-        s = stability([r["student_score"] for r in rs])
-        for k in diff:
-            diff[k].append(t[k] - s[k])
-    if len(runs) == 1:
-        evidence = (
-            f"one run: spread {s['spread']:.2f} (student) vs {t['spread']:.2f} (teacher), "
-            f"worst drop {s['worst_drop']:.2f} vs {t['worst_drop']:.2f}; no interval"
-        )
-        return {**out, "verdict": UNRESOLVED, "evidence": evidence}
-    ests = {
-        k: stats.interval({"run": np.array(v)}, stats.mean, reps, seed) for k, v in diff.items()
-    }
-    verdict = combine([_above(e, 0.0) for e in ests.values()])
-    evidence = "; ".join(f"teacher - student {k} = {_fmt(e, 2)}" for k, e in ests.items())
-    if len(runs) < MIN_RUNS:
-        verdict, evidence = UNRESOLVED, f"{evidence} (fewer than {MIN_RUNS} runs)"
-    return {**out, "verdict": verdict, "evidence": f"{len(runs)} runs: {evidence}"}
 
 
 def claims_for(results: dict) -> tuple[Claim, ...]:
@@ -274,8 +207,10 @@ def verdicts(
                 "evidence": "; ".join(f"{e} ({v})" if len(parts) > 1 else e for v, e in parts),
             }
         )
-    out.append(online_match(results.get("online"), reps, seed))
-    out.append(online_verdict(results.get("online"), reps, seed))
+    from distill import claims_online
+
+    out.append(claims_online.online_match(results.get("online"), reps, seed))
+    out.append(claims_online.online_verdict(results.get("online"), reps, seed))
     return out
 
 
@@ -312,13 +247,17 @@ def render_markdown(summaries: dict, verdicts: list[dict]) -> str:
             [
                 g,
                 f"{v['games']} x {v['runs']}",
-                *(_fmt(v[k], d) for k, _, d in stats.AGGREGATE_COLUMNS),
+                *(fmt_interval(v[k], d) for k, _, d in stats.AGGREGATE_COLUMNS),
             ]
             for g, v in s["groups"].items()
         ]
+        learning = [v.get("still_learning", [0, 0]) for v in s["groups"].values()]
+        if any(n for n, _ in learning):  # a column only where some run was still learning
+            header.append("runs still learning")
+            rows = [[*r, f"{n} of {of}"] for r, (n, of) in zip(rows, learning, strict=True)]
         lines += [*_table(header, rows), ""]
         if s["improvement"]:
-            rows = [[p["x"], p["y"], _fmt(p, 2)] for p in s["improvement"]]
+            rows = [[p["x"], p["y"], fmt_interval(p, 2)] for p in s["improvement"]]
             lines += [*_table(["X", "Y", "P(X > Y)"], rows), ""]
     lines += ["## Verdicts", ""]
     for v in verdicts:

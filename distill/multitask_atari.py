@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import checkpoint, dataset, envs, jobs, student, xla
+from distill import checkpoint, dataset, envs, jobs, plateau, student, xla
 from distill import multitask as mt
 from distill.config import ConfigError
 
@@ -274,6 +274,21 @@ def training_rows(
             named = {"training_loss" if k == "loss" else k: v for k, v in r.items()}
             rows.append({"student_loss": config.loss, "seed": s, **named})
     return rows
+
+
+def still_learning(training: list[dict], games: Sequence[str]) -> dict[tuple[int, str], bool]:
+    """Per (seed, game) of `training_rows`' rows (one loss): whether that head's training
+    agreement (the mean over its minibatches of a block) rose by more than `plateau.RISE` over
+    the last block, as `plateau.still_learning` reads a single-game student's curve."""
+    out = {}
+    for seed in dict.fromkeys(r["seed"] for r in training):
+        mine = [r for r in training if r["seed"] == seed]
+        for g in games:
+            curve = np.array([r.get(f"agreement {g}", np.nan) for r in mine], np.float64)
+            curve = curve[np.isfinite(curve)]
+            if curve.size >= 2:
+                out[(seed, g)] = bool(curve[-1] - curve[-2] > plateau.RISE)
+    return out
 
 
 def distil_seeds(

@@ -7,6 +7,10 @@ states). It stops once `patience` blocks in a row have not lifted that agreement
 `delta` above the best so far, or at `cap` blocks. The rule's state is a small pytree carried
 inside the compiled block loop, so `jax.vmap` runs it for every seed side by side; a student that
 has stopped keeps its parameters while the others train on.
+
+`columns` and `curve` put where each student stopped into an experiment's rows and results, with
+`still_learning`: whether its curve was still rising at the end (`distill.claims` leaves a
+comparison with such students unresolved rather than contradicted).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ HELD_OUT_STATES = 16_384
 agreement's standard error about 0.003 at 0.85: 4,096 states, 0.006, stopped students on noise)"""
 HELD_OUT_KEY = 0
 """the key of that sample: the same states for every seed, loss and network"""
+RISE = 0.01
+"""a student trained a fixed count whose training agreement (the mean over a block's minibatches)
+rose by more than this over its last block was still learning when it stopped"""
 
 
 class Plateau(NamedTuple):
@@ -82,3 +89,55 @@ def final_agreement(metrics) -> np.ndarray:
     """Each seed's agreement on its last trained block's minibatch (`[seeds]`): the last finite
     value, since a student stopped by the plateau rule has nan blocks after its stop."""
     return np.array([filled(row)[-1] for row in np.asarray(metrics.agreement)])
+
+
+def still_learning(config, metrics, seed: int) -> bool | None:
+    """Whether student `seed` (of `metrics`, `[seeds, blocks]` `BlockMetrics`) was still learning
+    when it stopped. Under the plateau rule: the cap stopped it, fewer than `plateau_blocks`
+    blocks after its held-out agreement last improved. Trained a fixed count: its training
+    agreement rose by more than `RISE` over its last block. None with one block (no curve)."""
+    if config.plateau_blocks:
+        held = np.asarray(metrics.held_out[seed], np.float64)
+        trained = trained_blocks(held)
+        since = trained - plateau_block(held, config.plateau_delta)
+        return bool(trained >= config.blocks and since < config.plateau_blocks)
+    agreement = np.asarray(metrics.agreement[seed], np.float64)
+    agreement = agreement[np.isfinite(agreement)]
+    return bool(agreement[-1] - agreement[-2] > RISE) if agreement.size >= 2 else None
+
+
+def columns(config, metrics, seed: int) -> dict:
+    """Student `seed`'s row columns of where it stopped: `still_learning` (when its curve can
+    tell), and under the plateau rule the updates trained, the update count at its plateau (where
+    held-out agreement last improved) and its final held-out agreement."""
+    learning = still_learning(config, metrics, seed)
+    out = {} if learning is None else {"still_learning": learning}
+    if not config.plateau_blocks:
+        return out
+    held = np.asarray(metrics.held_out[seed], np.float64)
+    trained = trained_blocks(held)
+    return {
+        "updates": trained * config.eval_every,
+        "plateau_updates": plateau_block(held, config.plateau_delta) * config.eval_every,
+        "held_out_agreement": float(held[trained - 1]) if trained else float("nan"),
+        **out,
+    }
+
+
+def curve(config, metrics) -> dict:
+    """Held-out agreement against updates, mean and std over seeds (a stopped seed's last value
+    carried forward), the per-seed curves (nan after each stop) and the plateau update counts;
+    `{}` for students trained a fixed count."""
+    if not config.plateau_blocks:
+        return {}
+    held = np.asarray(metrics.held_out, np.float64)
+    full = np.stack([filled(h) for h in held])
+    return {
+        "held_out_updates": [(i + 1) * config.eval_every for i in range(held.shape[1])],
+        "held_out_mean": full.mean(axis=0).tolist(),
+        "held_out_std": full.std(axis=0).tolist(),
+        "held_out": [[None if not np.isfinite(x) else float(x) for x in h] for h in held],
+        "plateau_updates": [
+            plateau_block(h, config.plateau_delta) * config.eval_every for h in held
+        ],
+    }

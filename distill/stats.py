@@ -221,6 +221,17 @@ def from_rows(
     return {k: {g: np.asarray(v) for g, v in games.items()} for k, games in out.items()}
 
 
+def still_learning(rows: Sequence[dict], by: tuple[str, ...]) -> dict[str, list[int]]:
+    """Per group: `[runs still learning when they stopped, runs of all games]` (a run is a row;
+    `still_learning` is `plateau.still_learning`'s flag, absent where a curve could not tell)."""
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        count = out.setdefault("/".join(str(r[k]) for k in by), [0, 0])
+        count[0] += r.get("still_learning") is True
+        count[1] += 1
+    return out
+
+
 def _runs(scores: Scores) -> int:
     """The fewest runs any game has."""
     return min(np.asarray(v).size for v in scores.values())
@@ -238,11 +249,13 @@ def summarise_stage(
     by = grouping(rows)
     pct = from_rows(rows, by)
     norm = from_rows(rows, by, "random_normalised")
+    learning = still_learning(rows, by)
     groups = {}
     for name, scores in pct.items():
         groups[name] = {
             "games": len(scores),
             "runs": _runs(scores),
+            "still_learning": learning.get(name, [0, 0]),
             "iqm": interval(scores, aggregate_iqm, reps, seed, level),
             "geometric_mean": interval(scores, geometric_mean, reps, seed, level),
             "normalised_mean": interval(norm[name], mean, reps, seed, level),

@@ -15,7 +15,17 @@ import numpy as np
 import pytest
 from conftest import killed_after
 
-from distill import checkpoint, cli, dataset, envs, multitask_atari, networks, student, teacher
+from distill import (
+    checkpoint,
+    cli,
+    dataset,
+    envs,
+    multitask_atari,
+    networks,
+    plateau,
+    student,
+    teacher,
+)
 from distill import multitask as mt
 from distill.config import ConfigError
 from distill.experiments import common
@@ -155,6 +165,22 @@ def test_a_longer_run_continues_a_shorter_one_bit_for_bit(tmp_path, monkeypatch)
     assert multitask_atari.shorter_run(tmp_path / "parts", short, sets, 0) is None
 
 
+def test_each_head_is_still_learning_when_its_agreement_still_rose():
+    """Per seed and game, from the training curve's last two blocks (`plateau.RISE`)."""
+    rise = plateau.RISE
+    rows = [
+        {"seed": 0, "updates": 4, f"agreement {PONG}": 0.5, f"agreement {BREAKOUT}": 0.7},
+        {
+            "seed": 0,
+            "updates": 8,
+            f"agreement {PONG}": 0.6,
+            f"agreement {BREAKOUT}": 0.7 + rise / 2,
+        },
+        {"seed": 1, "updates": 4, f"agreement {PONG}": 0.9, f"agreement {BREAKOUT}": 0.2},
+    ]
+    assert multitask_atari.still_learning(rows, TWO) == {(0, PONG): True, (0, BREAKOUT): False}
+
+
 def _timeless(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
@@ -235,6 +261,7 @@ def test_atari_multitask_smoke(tmp_path, monkeypatch):
                 assert len(r["episode_scores"]) == b.eval_episodes
                 assert np.isfinite(r["score"]) and np.isfinite(r["teacher_score"])
     assert len(rows) == 2 * len(TWO) * b.seeds
+    assert all(isinstance(r["still_learning"], bool) for r in rows)  # from 2 blocks of curve
     assert [s["method"] for s in result["summary"]] == ["distilled-nll", "distilled-kl"]
     section = "\n".join(md.report_section(result))
     assert md.DQN_ON_ATARI in section and "Pong-v5 6, ALE/Breakout-v5 4" in section

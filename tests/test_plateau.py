@@ -103,7 +103,7 @@ def test_students_stop_at_their_own_plateau(ruled_students):
     held = np.asarray(m.held_out)
     assert held.shape[0] == 2 and 1 <= held.shape[1] <= RULED.blocks
     for s in range(2):
-        cols = seeds.plateau_columns(RULED, m, s)
+        cols = plateau.columns(RULED, m, s)
         trained = plateau.trained_blocks(held[s])
         assert np.isfinite(held[s, :trained]).all() and np.isnan(held[s, trained:]).all()
         # the student's update count is where it stopped; it stopped by the rule or the cap
@@ -114,7 +114,36 @@ def test_students_stop_at_their_own_plateau(ruled_students):
             or cols["updates"] == RULED.updates
         )
         assert 0.5 < cols["held_out_agreement"] <= 1.0  # CartPole: 2 actions, a learned student
+        stopped_by_cap = cols["updates"] == RULED.updates
+        patience = RULED.plateau_blocks * RULED.eval_every
+        learning = stopped_by_cap and cols["updates"] - cols["plateau_updates"] < patience
+        assert cols["still_learning"] is learning
     assert np.isnan(np.asarray(m.score)).all()  # scored afterwards, on the paired episodes
+
+
+def test_still_learning_reads_the_end_of_the_curve():
+    """Under the plateau rule a student is still learning when the cap stopped it before its
+    patience ran out; at a fixed count when its training agreement rose by more than RISE over
+    its last block; with a single block there is no curve to read."""
+    nan = float("nan")
+    ruled = dataclasses.replace(RULED, updates=4 * RULED.eval_every, plateau_blocks=2)
+    held = np.array(
+        [
+            [0.5, 0.6, 0.7, 0.8],  # improving at the cap
+            [0.5, 0.6, 0.7, 0.7],  # one block without improvement at the cap: patience left
+            [0.5, 0.6, 0.6, 0.6],  # stopped at the cap by the rule itself
+            [0.5, 0.6, 0.6, nan],  # stopped by the rule before the cap
+        ]
+    )
+    m = student.BlockMetrics(*(np.zeros((4, 4)),) * 3, held)
+    assert [plateau.still_learning(ruled, m, s) for s in range(4)] == [True, True, False, False]
+    fixed = dataclasses.replace(RULED, plateau_blocks=0)
+    rise = plateau.RISE
+    agreement = np.array([[0.5, 0.7], [0.7, 0.7 + rise / 2], [0.7, 0.7 - rise], [0.8, nan]])
+    m = student.BlockMetrics(np.zeros((4, 2)), agreement, np.zeros((4, 2)))
+    assert [plateau.still_learning(fixed, m, s) for s in range(4)] == [True, False, False, None]
+    assert plateau.columns(fixed, m, 0) == {"still_learning": True}
+    assert plateau.columns(fixed, m, 3) == {}
 
 
 def test_students_train_on_the_first_env_columns_only(ruled_students):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill import distillation, experiments, networks, shards, student
+from distill import distillation, experiments, networks, plateau, shards, student
 from distill.experiments import seeds
 
 NAMES = ("nll", "mse", "kl")
@@ -115,8 +115,8 @@ def test_each_student_stops_at_its_own_plateau(data, monkeypatch):
         np.testing.assert_allclose(np.asarray(m.held_out), np.asarray(m1.held_out), **TOL)
         assert_close(state.params, state1.params)
         for s in range(SEEDS):
-            cols = seeds.plateau_columns(config, m, s)
-            assert cols == seeds.plateau_columns(config, m1, s)
+            cols = plateau.columns(config, m, s)
+            assert cols == plateau.columns(config, m1, s)
             stops.append(cols["updates"])
     assert all(0 < u <= RULED[0].updates for u in stops)
 

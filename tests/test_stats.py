@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from distill import claims, stats
+from distill import claims, claims_online, stats
 
 # ---------------------------------------------------------------------------- aggregates by hand
 
@@ -229,6 +229,36 @@ def test_at_the_papers_level_is_reproduced_when_the_interval_reaches_it():
     )
 
 
+def test_students_still_learning_leave_a_contradiction_unresolved():
+    """A contradicted part becomes unresolved when a run of its groups was still learning when
+    it stopped, naming how many; a reproduced one stays reproduced, and runs at their plateau (or
+    rows that could not tell) leave the verdict as it was."""
+    claim = "net2 at 101.7 % of the teacher"
+
+    def flagged(net2, flag):
+        result = _compression(net2)
+        for r in result["rows"]:
+            r.update({} if flag is None else {"still_learning": flag and r["seed"] != 2})
+        return result
+
+    v = _verdicts(compression=flagged((60, 70, 80), True))[claim]
+    assert v["verdict"] == claims.UNRESOLVED
+    assert v["evidence"].endswith("but runs still learning when they stopped: net2 4 of 6")
+    for flag in (False, None):
+        v = _verdicts(compression=flagged((60, 70, 80), flag))[claim]
+        assert v["verdict"] == claims.CONTRADICTED and "still learning" not in v["evidence"]
+    v = _verdicts(compression=flagged((110, 115, 120), True))[claim]
+    assert v["verdict"] == claims.REPRODUCED
+    groups = stats.summarise({"compression": flagged((60, 70, 80), True)})["compression"]["groups"]
+    assert groups["net2"]["still_learning"] == [4, 6]
+    assert groups["teacher"]["still_learning"] == [4, 6]
+    summaries = {"compression": stats.summarise_stage("compression", flagged((60, 70, 80), True))}
+    table = claims.render_markdown(summaries, [])
+    assert "| runs still learning |" in table and "| 4 of 6 |" in table
+    summaries = {"compression": stats.summarise_stage("compression", flagged((60, 70, 80), None))}
+    assert "still learning" not in claims.render_markdown(summaries, [])
+
+
 def test_a_group_with_one_run_leaves_a_claim_unresolved():
     rows = []
     for game in ("A", "B"):
@@ -316,7 +346,7 @@ def test_stability_is_the_online_modules():
 
     s = [0.0, 3, 1, 7, 6, 9, 4, 8]
     full = online.stability(s)
-    assert claims.stability(s) == {k: full[k] for k in ("spread", "worst_drop")}
+    assert claims_online.stability(s) == {k: full[k] for k in ("spread", "worst_drop")}
 
 
 def test_the_claims_carry_the_experiments_paper_numbers():

@@ -60,7 +60,7 @@ def loss_comparison(
                         **common.paired_row(final[seed], reference),
                         "agreement": float(plateau.final_agreement(m)[seed]),
                         **{k: float(v[seed]) for k, v in own.items()},
-                        **seeds.plateau_columns(config, m, seed),
+                        **plateau.columns(config, m, seed),
                     }
                 )
             curves.append(
@@ -69,7 +69,7 @@ def loss_comparison(
                     "loss": loss,
                     "updates": [(i + 1) * b.eval_every for i in range(m.score.shape[1])],
                     **final_curve(m.score, final.mean(axis=1)),
-                    **seeds.plateau_curve(config, m),
+                    **plateau.curve(config, m),
                 }
             )
     return {

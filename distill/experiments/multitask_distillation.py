@@ -158,15 +158,18 @@ def multitask(
         teacher_steps += int(policy.manifest.get("env_steps", b.teacher_steps))
     rows, kept, training = [], {}, []
 
-    def add_rows(method: str, scores: np.ndarray) -> None:  # scores [seeds, games, episodes]
+    def add_rows(method: str, scores: np.ndarray, learning: dict | None = None) -> None:
+        """scores `[seeds, games, episodes]`; learning: {(seed, game): still learning}."""
         for seed in range(scores.shape[0]):
             for k, t in enumerate(teachers):
+                flag = (learning or {}).get((seed, t["game"]))
                 rows.append(
                     {
                         "method": method,
                         "game": t["game"],
                         "seed": seed,
                         **common.paired_row(scores[seed, k], t),
+                        **({} if flag is None else {"still_learning": flag}),
                     }
                 )
 
@@ -179,17 +182,21 @@ def multitask(
             eval_every=b.eval_every * len(games),
             eval_episodes=b.eval_episodes,
         )
+        learning = None  # {(seed, game): still learning}, read from the Atari students' curves
         if atari:  # a host loop per seed, cached in OUT/students/ (resumable)
             cache = runs_dir / "students"
             params = multitask_atari.distil_seeds(config, sets, b.seeds, cache, progress)
-            training += multitask_atari.training_rows(config, sets, b.seeds, cache)
+            curves = multitask_atari.training_rows(config, sets, b.seeds, cache)
+            learning = multitask_atari.still_learning(curves, games)
+            training += curves
         elif b.regime == "offline":  # side by side, resumable in OUT/students/ (per loss)
             cache = runs_dir / "students"
             params = multitask_students.trained(config, games, sets, b.seeds, cache, mesh, progress)
         else:  # stream or dagger (issue 18): the teachers in the loop, a buffer per game
             params = regimes.multitask_students(config, policies, b, runs_dir, progress)
         network = mt.build(games, config.net)
-        add_rows(f"distilled-{loss}", heads_scores(network, params, games, b.eval_episodes))
+        scores = heads_scores(network, params, games, b.eval_episodes)
+        add_rows(f"distilled-{loss}", scores, learning)
         kept[loss] = params
     dqn_steps = None if atari else b.multitask_dqn_steps or teacher_steps
     if dqn_steps is not None:

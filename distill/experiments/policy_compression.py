@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distill import envs, families, losses, networks, paths, report
+from distill import envs, families, losses, networks, paths, plateau, report
 from distill.checkpoint import atomic_write_json, atomic_write_text
 from distill.experiments import common, paired, seeds
 from distill.experiments.registry import Experiment
@@ -61,7 +61,7 @@ def compression(
                         "params_percent": 100.0 * n_params / teacher_params,
                         "seed": seed,
                         **common.paired_row(final[seed], reference),
-                        **seeds.plateau_columns(config, m, seed),
+                        **plateau.columns(config, m, seed),
                     }
                 )
     geo, summary = compression_summary(rows)

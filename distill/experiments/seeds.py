@@ -223,40 +223,6 @@ def drop_partial(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def plateau_columns(config: student.StudentConfig, metrics, seed: int) -> dict:
-    """A student's row columns of the plateau rule: updates trained, the update count at its
-    plateau (where held-out agreement last improved) and its final held-out agreement; `{}` for
-    students trained a fixed count."""
-    if not config.plateau_blocks:
-        return {}
-    curve = np.asarray(metrics.held_out[seed], np.float64)
-    trained = plateau.trained_blocks(curve)
-    return {
-        "updates": trained * config.eval_every,
-        "plateau_updates": plateau.plateau_block(curve, config.plateau_delta) * config.eval_every,
-        "held_out_agreement": float(curve[trained - 1]) if trained else float("nan"),
-    }
-
-
-def plateau_curve(config: student.StudentConfig, metrics) -> dict:
-    """Held-out agreement against updates, mean and std over seeds (a stopped seed's last value
-    carried forward), the per-seed curves (nan after each stop) and the plateau update counts;
-    `{}` for students trained a fixed count."""
-    if not config.plateau_blocks:
-        return {}
-    held = np.asarray(metrics.held_out, np.float64)
-    full = np.stack([plateau.filled(h) for h in held])
-    return {
-        "held_out_updates": [(i + 1) * config.eval_every for i in range(held.shape[1])],
-        "held_out_mean": full.mean(axis=0).tolist(),
-        "held_out_std": full.std(axis=0).tolist(),
-        "held_out": [[None if not np.isfinite(x) else float(x) for x in h] for h in held],
-        "plateau_updates": [
-            plateau.plateau_block(h, config.plateau_delta) * config.eval_every for h in held
-        ],
-    }
-
-
 def _distil_host_seeds(config, data, seeds, mesh, folder):
     """One `student.fit` per seed (in `folder`, resumable), stacked like the in-graph path."""
     import tempfile
