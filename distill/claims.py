@@ -16,10 +16,11 @@ A verdict is one of `VERDICTS`, decided from intervals only, by these rules:
   budget whatever its interval: the bootstrap of one run collapses to the point, and that of two
   runs can only draw their min, mean and max, which understates the run-to-run spread; so is a
   part whose stage or groups are missing from the results;
-- a part that would be contradicted is unresolved at this budget when a run of its groups was
-  still learning when it stopped (`plateau.still_learning`: capped before its plateau, or its
-  training agreement still rising over its last block): the paper's claims are about trained
-  students, and one that falls short while still learning has not shown that it cannot match;
+- a part that would be contradicted is unresolved at this budget when more than half the runs of
+  one of its groups were still learning when they stopped (`plateau.still_learning`: capped
+  before their plateau, or their training agreement still rising over the last block): the
+  paper's claims are about trained students, and students that fall short while still learning
+  have not shown that they cannot match; fewer such runs are named in the evidence only;
 - "the online student matches its teacher": per run, the student's mean evaluation over the
   second half of the rounds as a % of its teacher's in the same rounds, bootstrapped over runs
   and judged by the "at p %" rule with p = 100 (fewer than `MIN_RUNS` runs: unresolved);
@@ -48,6 +49,7 @@ from distill import checkpoint, stats
 VERDICTS = ("reproduced", "contradicted", "unresolved at this budget")
 REPRODUCED, CONTRADICTED, UNRESOLVED = VERDICTS
 MIN_RUNS = 3  # fewer runs in a game leave a comparison unresolved (see the rules above)
+LEARNING_SHARE = 0.5  # more of a group's runs still learning: no contradiction (see the rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,11 +169,20 @@ def _part(part: Part, summary: dict) -> tuple[str, str]:
         runs = " and ".join(f"{n} {groups[n]['runs']}" for n in few)
         text += f", but runs per game: {runs} (fewer than {MIN_RUNS})"
     learning = [n for n in names if groups[n].get("still_learning", [0])[0]]
-    if verdict == CONTRADICTED and learning:
-        verdict = UNRESOLVED
+    if learning:
         runs = " and ".join("{} {} of {}".format(n, *groups[n]["still_learning"]) for n in learning)
-        text += f", but runs still learning when they stopped: {runs}"
+        if verdict == CONTRADICTED and any(_mostly_learning(groups[n]) for n in learning):
+            verdict, text = UNRESOLVED, f"{text}, but runs still learning when they stopped: {runs}"
+        else:
+            text += f" (runs still learning when they stopped: {runs})"
     return verdict, text
+
+
+def _mostly_learning(group: dict) -> bool:
+    """Whether more than `LEARNING_SHARE` of a group's runs were still learning when they
+    stopped (`stats.still_learning`'s count)."""
+    n, of = group["still_learning"]
+    return n > LEARNING_SHARE * of
 
 
 def combine(verdicts: list[str]) -> str:

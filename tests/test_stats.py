@@ -230,8 +230,9 @@ def test_at_the_papers_level_is_reproduced_when_the_interval_reaches_it():
 
 
 def test_students_still_learning_leave_a_contradiction_unresolved():
-    """A contradicted part becomes unresolved when a run of its groups was still learning when
-    it stopped, naming how many; a reproduced one stays reproduced, and runs at their plateau (or
+    """A contradicted part becomes unresolved when more than half the runs of one of its groups
+    were still learning when they stopped, naming how many; with fewer the evidence names them
+    and the verdict stands; a reproduced one stays reproduced, and runs at their plateau (or
     rows that could not tell) leave the verdict as it was."""
     claim = "net2 at 101.7 % of the teacher"
 
@@ -247,6 +248,12 @@ def test_students_still_learning_leave_a_contradiction_unresolved():
     for flag in (False, None):
         v = _verdicts(compression=flagged((60, 70, 80), flag))[claim]
         assert v["verdict"] == claims.CONTRADICTED and "still learning" not in v["evidence"]
+    few = _compression((60, 70, 80))
+    for r in few["rows"]:
+        r["still_learning"] = r["seed"] == 0 and r["game"] == "A"  # 1 of 6 runs
+    v = _verdicts(compression=few)[claim]
+    assert v["verdict"] == claims.CONTRADICTED
+    assert v["evidence"].endswith("(runs still learning when they stopped: net2 1 of 6)")
     v = _verdicts(compression=flagged((110, 115, 120), True))[claim]
     assert v["verdict"] == claims.REPRODUCED
     groups = stats.summarise({"compression": flagged((60, 70, 80), True)})["compression"]["groups"]
