@@ -262,8 +262,8 @@ BUDGETS = {
 # multi-task student (`distill.multitask_atari`; no multi-task DQN on Atari, sized for a GPU).
 # Quick is sized for one long background run on a 2-core CPU: 3 seeds, the fewest for which a
 # claim can be judged (claims.MIN_RUNS), and 30 paired episodes, the paper's protocol's count
-# (measured at three games: teachers 209 s, multi-task 6,568 s, compression 8,100 s; losses about
-# 2 hours more, estimated from the Pong-only run); full is sized for a GPU.
+# (measured at three games: teachers 209 s, multi-task 6,568 s at 10,000 updates a game,
+# compression 8,100 s; losses' students 8-9 minutes each, about 2.5 hours); full is sized for a GPU.
 ATARI_GAMES = ("ALE/Pong-v5", "ALE/Breakout-v5", "ALE/SpaceInvaders-v5")
 ATARI_BUDGETS = {
     "smoke": Budget(
