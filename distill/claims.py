@@ -1,6 +1,6 @@
 """The paper's claims as data, and a verdict on each from the bootstrap intervals of stats.py.
 
-A verdict is one of `VERDICTS`, decided from intervals only, by these rules:
+A verdict is one of `rules.VERDICTS`, decided from intervals only, by these rules:
 
 - "A > B" (and "A >= B": an interval cannot show equality, so the strict part is tested):
   reproduced when the interval of P(A > B) lies above 0.5, contradicted when it lies below 0.5,
@@ -44,12 +44,17 @@ from pathlib import Path
 
 import numpy as np
 
-from distill import checkpoint, stats
-
-VERDICTS = ("reproduced", "contradicted", "unresolved at this budget")
-REPRODUCED, CONTRADICTED, UNRESOLVED = VERDICTS
-MIN_RUNS = 3  # fewer runs in a game leave a comparison unresolved (see the rules above)
-LEARNING_SHARE = 0.5  # more of a group's runs still learning: no contradiction (see the rules)
+from distill import checkpoint, claims_online, stats
+from distill.rules import (
+    CONTRADICTED,
+    LEARNING_SHARE,
+    MIN_RUNS,
+    REPRODUCED,
+    UNRESOLVED,
+    above_level,
+    combine,
+    fmt_interval,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,25 +126,6 @@ MULTITASK_10 = Claim(
     "multitask",
     (Part("at", "distilled-kl", value=89.3),),
 )
-ONLINE_MATCH_CLAIM = "online student matches its teacher"
-ONLINE_MATCH_PAPER = "Sec. 5.4: the online student matches its teacher's score (no numbers)"
-ONLINE_CLAIM = "online student more stable than its teacher"
-ONLINE_PAPER = "Sec. 5.4: the online student is more stable than its teacher (no numbers)"
-
-
-def fmt_interval(est: dict, digits: int = 1) -> str:
-    return f"{est['point']:.{digits}f} [{est['lo']:.{digits}f}, {est['hi']:.{digits}f}]"
-
-
-def above_level(est: dict, level: float) -> str:
-    """The rule of every "greater" comparison: the interval above, below or around `level`."""
-    if not np.isfinite([est["lo"], est["hi"]]).all():
-        return UNRESOLVED
-    if est["lo"] > level:
-        return REPRODUCED
-    if est["hi"] < level:
-        return CONTRADICTED
-    return UNRESOLVED
 
 
 def _part(part: Part, summary: dict) -> tuple[str, str]:
@@ -185,13 +171,6 @@ def _mostly_learning(group: dict) -> bool:
     return n > LEARNING_SHARE * of
 
 
-def combine(verdicts: list[str]) -> str:
-    """A claim's verdict from its parts' (see the module's rules)."""
-    if CONTRADICTED in verdicts:
-        return CONTRADICTED
-    return REPRODUCED if all(v == REPRODUCED for v in verdicts) else UNRESOLVED
-
-
 def claims_for(results: dict) -> tuple[Claim, ...]:
     """`CLAIMS`, and `MULTITASK_10` when the multi-task stage trained a wide trunk."""
     wide = (results.get("multitask") or {}).get("net") in WIDE_NETS
@@ -218,8 +197,6 @@ def verdicts(
                 "evidence": "; ".join(f"{e} ({v})" if len(parts) > 1 else e for v, e in parts),
             }
         )
-    from distill import claims_online
-
     out.append(claims_online.online_match(results.get("online"), reps, seed))
     out.append(claims_online.online_verdict(results.get("online"), reps, seed))
     return out

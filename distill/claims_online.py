@@ -7,19 +7,20 @@ from __future__ import annotations
 import numpy as np
 
 from distill import stats
-from distill.claims import (
+from distill.rules import (
     CONTRADICTED,
     MIN_RUNS,
-    ONLINE_CLAIM,
-    ONLINE_MATCH_CLAIM,
-    ONLINE_MATCH_PAPER,
-    ONLINE_PAPER,
     REPRODUCED,
     UNRESOLVED,
     above_level,
     combine,
     fmt_interval,
 )
+
+ONLINE_MATCH_CLAIM = "online student matches its teacher"
+ONLINE_MATCH_PAPER = "Sec. 5.4: the online student matches its teacher's score (no numbers)"
+ONLINE_CLAIM = "online student more stable than its teacher"
+ONLINE_PAPER = "Sec. 5.4: the online student is more stable than its teacher (no numbers)"
 
 
 def stability(scores) -> dict:

@@ -321,19 +321,19 @@ def _online(student, teacher, seeds=(0,)):
 
 def test_online_stability():
     steady, jumpy = [0, 5, 10, 10, 10, 10], [0, 5, 12, 4, 13, 3]
-    one = _verdicts(online=_online(steady, jumpy))[claims.ONLINE_CLAIM]
+    one = _verdicts(online=_online(steady, jumpy))[claims_online.ONLINE_CLAIM]
     assert one["verdict"] == claims.UNRESOLVED and "one run" in one["evidence"]
-    many = _verdicts(online=_online(steady, jumpy, seeds=(0, 1, 2)))[claims.ONLINE_CLAIM]
+    many = _verdicts(online=_online(steady, jumpy, seeds=(0, 1, 2)))[claims_online.ONLINE_CLAIM]
     assert many["verdict"] == claims.REPRODUCED
-    worse = _verdicts(online=_online(jumpy, steady, seeds=(0, 1, 2)))[claims.ONLINE_CLAIM]
+    worse = _verdicts(online=_online(jumpy, steady, seeds=(0, 1, 2)))[claims_online.ONLINE_CLAIM]
     assert worse["verdict"] == claims.CONTRADICTED
-    two = _verdicts(online=_online(steady, jumpy, seeds=(0, 1)))[claims.ONLINE_CLAIM]
+    two = _verdicts(online=_online(steady, jumpy, seeds=(0, 1)))[claims_online.ONLINE_CLAIM]
     assert two["verdict"] == claims.UNRESOLVED and "fewer than 3 runs" in two["evidence"]
-    assert _verdicts()[claims.ONLINE_CLAIM]["verdict"] == claims.UNRESOLVED
+    assert _verdicts()[claims_online.ONLINE_CLAIM]["verdict"] == claims.UNRESOLVED
 
 
 def test_online_student_matches_its_teacher():
-    name = claims.ONLINE_MATCH_CLAIM
+    name = claims_online.ONLINE_MATCH_CLAIM
     rise = [0, 2, 4, 8, 10, 10]
     # slower at first, level over the second half (rounds 4-6): 100 % of the teacher
     close = _verdicts(online=_online([0, 1, 2, 8, 10, 10], rise, seeds=(0, 1, 2)))[name]
