@@ -263,7 +263,7 @@ BUDGETS = {
 # Quick is sized for one long background run on a 2-core CPU: 3 seeds, the fewest for which a
 # claim can be judged (claims.MIN_RUNS), and 30 paired episodes, the paper's protocol's count
 # (measured at three games: teachers 209 s, multi-task 6,568 s at 10,000 updates a game,
-# compression 8,100 s; losses' students 8-9 minutes each, about 2.5 hours); full is sized for a GPU.
+# compression 8,100 s, losses 9,950 s); full is sized for a GPU.
 ATARI_GAMES = ("ALE/Pong-v5", "ALE/Breakout-v5", "ALE/SpaceInvaders-v5")
 ATARI_BUDGETS = {
     "smoke": Budget(
