@@ -279,15 +279,14 @@ def training_rows(
 def still_learning(training: list[dict], games: Sequence[str]) -> dict[tuple[int, str], bool]:
     """Per (seed, game) of `training_rows`' rows (one loss): whether that head's training
     agreement (the mean over its minibatches of a block) rose by more than `plateau.RISE` over
-    the last block, as `plateau.still_learning` reads a single-game student's curve."""
+    the last block (`plateau.rising`, as for a single-game student)."""
     out = {}
     for seed in dict.fromkeys(r["seed"] for r in training):
         mine = [r for r in training if r["seed"] == seed]
         for g in games:
-            curve = np.array([r.get(f"agreement {g}", np.nan) for r in mine], np.float64)
-            curve = curve[np.isfinite(curve)]
-            if curve.size >= 2:
-                out[(seed, g)] = bool(curve[-1] - curve[-2] > plateau.RISE)
+            flag = plateau.rising([r.get(f"agreement {g}", np.nan) for r in mine])
+            if flag is not None:
+                out[(seed, g)] = flag
     return out
 
 

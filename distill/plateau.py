@@ -101,9 +101,15 @@ def still_learning(config, metrics, seed: int) -> bool | None:
         trained = trained_blocks(held)
         since = trained - plateau_block(held, config.plateau_delta)
         return bool(trained >= config.blocks and since < config.plateau_blocks)
-    agreement = np.asarray(metrics.agreement[seed], np.float64)
-    agreement = agreement[np.isfinite(agreement)]
-    return bool(agreement[-1] - agreement[-2] > RISE) if agreement.size >= 2 else None
+    return rising(metrics.agreement[seed])
+
+
+def rising(agreement) -> bool | None:
+    """Whether a `[blocks]` curve of training agreement (nan blocks skipped) rose by more than
+    `RISE` over its last block; None with fewer than two blocks."""
+    curve = np.asarray(agreement, np.float64)
+    curve = curve[np.isfinite(curve)]
+    return bool(curve[-1] - curve[-2] > RISE) if curve.size >= 2 else None
 
 
 def columns(config, metrics, seed: int) -> dict:

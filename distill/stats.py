@@ -216,9 +216,13 @@ def from_rows(
     values of `by` joined with "/"."""
     out: dict[str, dict[str, list]] = {}
     for r in sorted(rows, key=lambda r: r.get("seed", 0)):
-        group = "/".join(str(r[k]) for k in by)
-        out.setdefault(group, {}).setdefault(r["game"], []).append(float(r[value]))
+        out.setdefault(_group(r, by), {}).setdefault(r["game"], []).append(float(r[value]))
     return {k: {g: np.asarray(v) for g, v in games.items()} for k, games in out.items()}
+
+
+def _group(row: dict, by: tuple[str, ...]) -> str:
+    """A row's group: its values of `by` joined with "/"."""
+    return "/".join(str(row[k]) for k in by)
 
 
 def still_learning(rows: Sequence[dict], by: tuple[str, ...]) -> dict[str, list[int]]:
@@ -226,7 +230,7 @@ def still_learning(rows: Sequence[dict], by: tuple[str, ...]) -> dict[str, list[
     `still_learning` is `plateau.still_learning`'s flag, absent where a curve could not tell)."""
     out: dict[str, list[int]] = {}
     for r in rows:
-        count = out.setdefault("/".join(str(r[k]) for k in by), [0, 0])
+        count = out.setdefault(_group(r, by), [0, 0])
         count[0] += r.get("still_learning") is True
         count[1] += 1
     return out
